@@ -1,0 +1,86 @@
+"""A deterministic inference engine for offline tests and demos: no weights, no MLX.
+
+It renders prompts in a plain ChatML-like text, tokenises by words, and streams either the raw
+replies it was given (cycling through them, so real tool-call parsing can run on them) or an echo
+of the last user message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+from ..domain.completion import FinishReason, GenerationStep
+from ..domain.conversation import Message, SamplingParams, ToolSpec
+from ..domain.models import ModelRef
+from ..domain.ports import PreparedPrompt
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Word-level tokens that join back into exactly `text`."""
+    return _TOKEN.findall(text)
+
+
+def render(messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
+    lines = []
+    if tools:
+        lines.append("<|tools|>\n" + "\n".join(tool.name for tool in tools))
+    for message in messages:
+        images = " <image>" * len(message.images)
+        calls = "".join(f"\n<call {c.name} {c.arguments}>" for c in message.tool_calls)
+        lines.append(f"<|{message.role.value}|>{images}\n{message.text}{calls}")
+    lines.append("<|assistant|>\n")
+    return "\n".join(lines)
+
+
+def load_replies(path: Path) -> tuple[str, ...]:
+    """Read a JSON list of raw model outputs."""
+    replies = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(replies, list) or not all(isinstance(item, str) for item in replies):
+        raise ValueError(f"{path}: expected a JSON list of strings")
+    return tuple(replies)
+
+
+class FakeEngine:
+    """Implements the InferenceEngine port. Every model 'loads' instantly."""
+
+    def __init__(self, replies: Sequence[str] = ()) -> None:
+        self._replies = itertools.cycle(replies) if replies else None
+        self._loaded: ModelRef | None = None
+        self.loads: list[str] = []  # every model id loaded, in order: lets tests see swaps
+
+    @property
+    def loaded(self) -> ModelRef | None:
+        return self._loaded
+
+    def load(self, model: ModelRef) -> None:
+        self.unload()
+        self._loaded = model
+        self.loads.append(model.id)
+
+    def unload(self) -> None:
+        self._loaded = None
+
+    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+        text = render(messages, tools)
+        last_user = next((m.text for m in reversed(messages) if m.role == "user"), "")
+        return PreparedPrompt(token_count=len(tokenize(text)), payload=last_user)
+
+    def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> Generator[GenerationStep, None, None]:
+        reply = next(self._replies) if self._replies else f"You said: {prompt.payload}"
+        tokens = tokenize(reply) or [""]
+        limit = params.max_tokens if params.max_tokens is not None else len(tokens)
+        for index, token in enumerate(tokens[:limit], start=1):
+            if index == len(tokens):
+                yield GenerationStep(token, index, FinishReason.STOP)
+            elif index == limit:
+                yield GenerationStep(token, index, FinishReason.LENGTH)
+            else:
+                yield GenerationStep(token, index)

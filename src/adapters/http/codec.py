@@ -1,0 +1,137 @@
+"""The one place wire DTOs meet domain types: JSON body -> ChatRequest, Completion -> JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cattrs
+
+from ...domain.completion import Completion, Usage
+from ...domain.conversation import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
+from ...domain.errors import InvalidRequest
+from ...domain.models import ModelInfo
+from .dto import (
+    ChatCompletionDTO,
+    ChatCompletionRequestDTO,
+    ChoiceDTO,
+    ContentDTO,
+    FunctionCallDTO,
+    MessageDTO,
+    ModelDTO,
+    ModelListDTO,
+    PromptTokensDetailsDTO,
+    ResponseMessageDTO,
+    TextPartDTO,
+    ToolCallDTO,
+    UsageDTO,
+    make_converter,
+)
+from .validation import RequestValidator
+
+
+class ChatCodec:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.converter = make_converter()
+        self._validator = RequestValidator(spec, "CreateChatCompletionRequest")
+
+    def chat_request(self, body: object) -> ChatRequest:
+        self._validator.validate(body)
+        try:
+            dto = self.converter.structure(body, ChatCompletionRequestDTO)
+        except cattrs.BaseValidationError as exc:
+            raise InvalidRequest("; ".join(cattrs.transform_error(exc))) from exc
+        return _to_request(dto)
+
+    def completion(self, completion: Completion) -> dict[str, Any]:
+        message = ResponseMessageDTO(
+            content=completion.text,
+            tool_calls=[_tool_call_dto(call) for call in completion.tool_calls] or None)
+        dto = ChatCompletionDTO(
+            id=completion.id, created=completion.created, model=completion.model,
+            choices=[ChoiceDTO(index=0, message=message,
+                               finish_reason=completion.finish_reason.value)],
+            usage=usage_dto(completion.usage))
+        result: dict[str, Any] = self.converter.unstructure(dto)
+        return result
+
+    def models(self, models: list[ModelInfo], loaded: str | None) -> dict[str, Any]:
+        dto = ModelListDTO(data=[model_dto(model, loaded) for model in models])
+        result: dict[str, Any] = self.converter.unstructure(dto)
+        return result
+
+    def model(self, model: ModelInfo, loaded: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = self.converter.unstructure(model_dto(model, loaded))
+        return result
+
+
+def model_dto(model: ModelInfo, loaded: str | None) -> ModelDTO:
+    return ModelDTO(id=model.id, created=model.created, owned_by=model.owned_by,
+                    aliases=list(model.aliases), loaded=model.id == loaded)
+
+
+def usage_dto(usage: Usage) -> UsageDTO:
+    return UsageDTO(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                    prompt_tokens_details=PromptTokensDetailsDTO(usage.cached_tokens))
+
+
+def _tool_call_dto(call: ToolCall) -> ToolCallDTO:
+    return ToolCallDTO(id=call.id, function=FunctionCallDTO(call.name, call.arguments))
+
+
+def _to_request(dto: ChatCompletionRequestDTO) -> ChatRequest:
+    max_tokens = dto.max_completion_tokens if dto.max_completion_tokens is not None \
+        else dto.max_tokens
+    stop = (dto.stop,) if isinstance(dto.stop, str) else tuple(dto.stop or ())
+    tools = tuple(ToolSpec(tool.function.name, tool.function.description or "",
+                           tool.function.parameters or {}) for tool in dto.tools or ())
+    return ChatRequest(
+        model=dto.model,
+        messages=tuple(_to_message(message) for message in dto.messages),
+        sampling=SamplingParams(temperature=dto.temperature, top_p=dto.top_p, seed=dto.seed,
+                                max_tokens=max_tokens, stop=stop),
+        tools=tools,
+        tool_choice=_to_tool_choice(dto.tool_choice, bool(tools)),
+        stream=bool(dto.stream),
+        include_usage=bool(dto.stream_options and dto.stream_options.include_usage),
+    )
+
+
+def _to_message(dto: MessageDTO) -> Message:
+    return Message(
+        role=Role(dto.role),
+        content=_to_parts(dto.content),
+        name=dto.name,
+        tool_calls=tuple(ToolCall(call.id, call.function.name, call.function.arguments)
+                         for call in dto.tool_calls or ()),
+        tool_call_id=dto.tool_call_id,
+    )
+
+
+def _to_parts(content: ContentDTO) -> tuple[Part, ...]:
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (TextPart(content),)
+    return tuple(TextPart(part.text) if isinstance(part, TextPartDTO)
+                 else ImagePart(part.image_url.url, part.image_url.detail) for part in content)
+
+
+def _to_tool_choice(choice: object, has_tools: bool) -> ToolChoice:
+    if choice is None:
+        return ToolChoice(ToolChoiceMode.AUTO if has_tools else ToolChoiceMode.NONE)
+    if isinstance(choice, str):
+        return ToolChoice(ToolChoiceMode(choice))
+    return ToolChoice(ToolChoiceMode.FUNCTION, choice.function.name)  # type: ignore[attr-defined]

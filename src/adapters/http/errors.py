@@ -1,0 +1,81 @@
+"""Every error leaves as OpenAI's envelope: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from ...domain.errors import (
+    DomainError,
+    EngineFailure,
+    ModelNotFound,
+    ModelUnavailable,
+)
+
+log = logging.getLogger(__name__)
+AsgiApp = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
+
+_HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large",
+               415: "unsupported_media_type", 400: "invalid_request"}
+
+
+def status_of(error: DomainError) -> int:
+    if isinstance(error, ModelNotFound):
+        return 404
+    if isinstance(error, ModelUnavailable):
+        return 503
+    if isinstance(error, EngineFailure):
+        return 500
+    return 400
+
+
+def envelope(message: str, status: int, *, param: str | None = None,
+             code: str | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def domain_envelope(error: DomainError) -> dict[str, Any]:
+    return envelope(error.message, status_of(error), param=error.param, code=error.code)
+
+
+async def on_domain_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                          error: DomainError, params: dict[str, Any]) -> None:
+    if isinstance(error, EngineFailure):
+        log.error("inference failed: %s", error.message)
+    resp.status = status_of(error)
+    resp.media = domain_envelope(error)
+
+
+async def on_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                        error: falcon.HTTPError, params: dict[str, Any]) -> None:
+    status = error.status_code
+    if status == 404:
+        message = f"Invalid URL ({req.method} {req.path})"
+    elif status == 405:
+        message = f"Method {req.method} is not allowed on {req.path}."
+    else:
+        message = error.description or error.title or "Request error"
+    resp.status = status
+    code = _HTTP_CODES.get(status) or (str(error.code) if error.code else None)
+    resp.media = envelope(message, status, code=code)
+    if error.headers:
+        resp.set_headers(error.headers)
+
+
+async def on_unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                        error: Exception, params: dict[str, Any]) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path, exc_info=error)
+    resp.status = 500
+    resp.media = envelope("The server had an error while processing your request.", 500,
+                          code="server_error")
+
+
+def install(app: AsgiApp) -> None:
+    # Falcon picks the most specific handler, so the order here does not matter.
+    app.add_error_handler(Exception, on_unexpected)
+    app.add_error_handler(falcon.HTTPError, on_http_error)
+    app.add_error_handler(DomainError, on_domain_error)

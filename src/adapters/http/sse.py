@@ -1,0 +1,82 @@
+"""Server-sent events in OpenAI's chunk format, rendered from domain stream events.
+
+The per-token path only JSON-encodes the new text: each chunk's fixed parts are rendered once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
+from ...domain.errors import DomainError, EngineFailure
+from .codec import usage_dto
+from .dto import make_converter
+from .errors import domain_envelope
+
+log = logging.getLogger(__name__)
+_DONE = b"data: [DONE]\n\n"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_converter = make_converter()
+
+
+class ChunkWriter:
+    def __init__(self, start: StreamStart, include_usage: bool) -> None:
+        self._head = (
+            'data: {"id":' + _dumps(start.id) + ',"object":"chat.completion.chunk","created":'
+            + str(start.created) + ',"model":' + _dumps(start.model)
+            + ',"system_fingerprint":"mlx-server","choices":'
+        )
+        self._tail = (',"usage":null}\n\n' if include_usage else "}\n\n")
+        self._include_usage = include_usage
+
+    def choice(self, delta: str, finish_reason: str | None = None) -> bytes:
+        reason = "null" if finish_reason is None else f'"{finish_reason}"'
+        return (self._head + '[{"index":0,"delta":' + delta + ',"logprobs":null,"finish_reason":'
+                + reason + "}]" + self._tail).encode()
+
+    def first(self) -> bytes:
+        return self.choice('{"role":"assistant","content":""}')
+
+    def text(self, text: str) -> bytes:
+        return self.choice('{"content":' + _dumps(text) + "}")
+
+    def end(self, event: StreamEnd) -> bytes:
+        chunks = self.choice("{}", event.finish_reason.value)
+        if self._include_usage:
+            usage = _dumps(_converter.unstructure(usage_dto(event.usage)))
+            chunks += (self._head + "[]" + ',"usage":' + usage + "}\n\n").encode()
+        return chunks
+
+
+async def render(events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[bytes]:
+    writer: ChunkWriter | None = None
+    try:
+        async for event in _closing(events):
+            if isinstance(event, TextDelta) and writer is not None:
+                yield writer.text(event.text)
+            elif isinstance(event, StreamStart):
+                writer = ChunkWriter(event, include_usage)
+                yield writer.first()
+            elif isinstance(event, StreamEnd) and writer is not None:
+                yield writer.end(event)
+        yield _DONE
+    except DomainError as error:
+        yield _error_event(error)
+    except Exception as error:  # the status line is gone: report in-band, as OpenAI does
+        log.exception("stream failed")
+        yield _error_event(EngineFailure(f"Generation failed: {error}"))
+
+
+async def _closing(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """Iterate `events`, closing it at once when our consumer (the client) goes away."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def _error_event(error: DomainError) -> bytes:
+    return b"data: " + _dumps(domain_envelope(error)).encode() + b"\n\n"

@@ -1,0 +1,139 @@
+"""Request validation by the served contract itself: openapi.yaml's request schema."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from ...domain.errors import InvalidRequest
+
+# OpenAI request fields this server does not implement: accepted only at their no-op value
+# (openapi.yaml declares the same no-op-only schemas, so the contract and this table agree).
+UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "response_format": ({"type": "text"},),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "audio": (),
+    "modalities": (["text"],),
+    "prediction": (),
+    "reasoning_effort": (),
+    "service_tier": ("auto", "default"),
+    "web_search_options": (),
+    "functions": (),
+    "function_call": (),
+    "verbosity": (),
+    "prompt_cache_retention": (),
+    "moderation": (),
+}
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}
+
+
+class RequestValidator:
+    """Checks a decoded JSON body against one schema of the OpenAPI document."""
+
+    def __init__(self, spec: Mapping[str, Any], schema_name: str) -> None:
+        schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    def validate(self, body: object) -> None:
+        if not isinstance(body, dict):
+            raise InvalidRequest(
+                f"The request body must be a JSON object, not {_json_type(body)}.",
+                code="invalid_type")
+        _refuse_unsupported(body)
+        error = best_match(self._validator.iter_errors(body), key=_relevance)
+        if error is not None:
+            raise _to_domain(_specific(error))
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    for name, no_ops in UNSUPPORTED_PARAMETERS.items():
+        value = body.get(name)
+        if value is not None and value not in no_ops:
+            raise InvalidRequest(
+                f"Unsupported parameter: '{name}' is not supported by this server.",
+                param=name, code="unsupported_parameter")
+
+
+def _relevance(error: ValidationError) -> tuple[int, int]:
+    # Prefer errors deep in the document: they name the field at fault.
+    return (-len(error.absolute_path), 0 if error.validator in ("oneOf", "anyOf") else 1)
+
+
+def _specific(error: ValidationError) -> ValidationError:
+    """Descend through oneOf/anyOf to the one alternative the client evidently meant (the
+    message whose `role`, the part whose `type` matches), so the error names the real fault."""
+    while error.validator in ("oneOf", "anyOf") and error.context:
+        branches: dict[Any, list[ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        viable = [errs for errs in branches.values() if not any(map(_rules_out_branch, errs))]
+        if len(viable) != 1:
+            return _type_union(error, branches) if not viable else error
+        error = max(viable[0], key=_relevance)  # no descent: the loop does it, pruning
+    return error
+
+
+def _rules_out_branch(error: ValidationError) -> bool:
+    at_top = not error.relative_path
+    discriminator = (error.validator in ("const", "enum") and len(error.relative_path) == 1
+                     and error.relative_path[0] in ("role", "type"))
+    return (at_top and error.validator == "type") or discriminator
+
+
+def _type_union(error: ValidationError, branches: dict[Any, list[ValidationError]]) -> ValidationError:
+    expected: list[str] = []
+    for errs in branches.values():
+        for sub in errs:
+            if sub.validator == "type" and not sub.relative_path:
+                value = sub.validator_value
+                expected.extend(value if isinstance(value, list) else [value])
+            elif sub.validator in ("const", "enum") and not sub.relative_path:
+                expected.append("one of the documented values")
+    if not expected:
+        return error
+    return ValidationError(error.message, validator="type", validator_value=expected,
+                           instance=error.instance, path=error.absolute_path)
+
+
+def _to_domain(error: ValidationError) -> InvalidRequest:
+    path = _param(error.absolute_path)
+    if error.validator == "required":
+        missing = str(error.message).split("'")[1]
+        param = f"{path}.{missing}" if path else missing
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                              code="missing_required_parameter")
+    if error.validator == "dependentRequired":
+        needed, given = str(error.message).split("'")[1::2][:2]
+        return InvalidRequest(f"'{given}' is only allowed when '{needed}' is specified.",
+                              param=given, code="invalid_value")
+    where = f"'{path}'" if path else "the request body"
+    if error.validator == "type":
+        return InvalidRequest(
+            f"Invalid type for {where}: expected {_expected(error.validator_value)}, "
+            f"but got {_json_type(error.instance)}.", param=path or None, code="invalid_type")
+    return InvalidRequest(f"Invalid value for {where}: {error.message}", param=path or None,
+                          code="invalid_value")
+
+
+def _param(path: Any) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _expected(value: object) -> str:
+    return " or ".join(value) if isinstance(value, list) else str(value)
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)

@@ -1,0 +1,12 @@
+"""ASGI entry for uvicorn (`--factory mlx_server.app.asgi:create`) and gunicorn
+(`-k uvicorn_worker.UvicornWorker 'mlx_server.app.asgi:create()'`), configured by MLX_SERVER_*."""
+
+from __future__ import annotations
+
+from ..adapters.http.errors import AsgiApp
+from .bootstrap import build
+from .config import settings_from_env
+
+
+def create() -> AsgiApp:
+    return build(settings_from_env())

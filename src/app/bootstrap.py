@@ -1,0 +1,44 @@
+"""The composition root: builds every adapter from Settings and wires them into the app."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from ..adapters.catalog import StaticCatalog
+from ..adapters.fake_engine import FakeEngine, load_replies
+from ..adapters.http.app import create_app
+from ..adapters.http.errors import AsgiApp
+from ..adapters.system import RandomIds, SystemClock
+from ..domain.chat import ChatService
+from ..domain.ports import Clock, IdSource, InferenceEngine, ModelCatalog
+from .config import Settings
+
+
+def spec_text() -> str:
+    return (resources.files("mlx_server") / "openapi.yaml").read_text(encoding="utf-8")
+
+
+def build_engine(settings: Settings) -> InferenceEngine:
+    if settings.engine == "fake":
+        replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
+        return FakeEngine(replies)
+    raise SystemExit(f"engine {settings.engine!r} is not available in this build")
+
+
+def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
+                  catalog: ModelCatalog | None = None, clock: Clock | None = None,
+                  ids: IdSource | None = None) -> ChatService:
+    return ChatService(catalog=catalog or StaticCatalog(),
+                       engine=engine or build_engine(settings),
+                       clock=clock or SystemClock(), ids=ids or RandomIds(),
+                       max_tokens_cap=settings.max_tokens_cap)
+
+
+def build(settings: Settings, *, engine: InferenceEngine | None = None,
+          catalog: ModelCatalog | None = None, clock: Clock | None = None,
+          ids: IdSource | None = None) -> AsgiApp:
+    """Build the ASGI app. Pass adapters to replace the real ones (tests, embedding)."""
+    catalog = catalog or StaticCatalog()
+    service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids)
+    return create_app(service, catalog, spec_text(), max_body_bytes=settings.max_body_bytes,
+                      preload=settings.model)

@@ -1,0 +1,62 @@
+"""Settings, read once from the command line and the environment. The only reader of os.environ."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+ENGINES = ("mlx", "fake")
+
+
+@attrs.frozen
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1234
+    model: str | None = None  # preloaded at startup; requests may name any other
+    engine: str = "fake"
+    fake_replies: Path | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_tokens_cap: int = 4096
+    log_level: str = "info"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    defaults = Settings()
+    parser.add_argument("--model", default=environ.get("MLX_SERVER_MODEL", defaults.model),
+                        help="model to preload: an alias (gemma, qwen, smollm), a repo id or a path")
+    parser.add_argument("--host", default=environ.get("MLX_SERVER_HOST", defaults.host))
+    parser.add_argument("--port", type=int,
+                        default=int(environ.get("MLX_SERVER_PORT", defaults.port)))
+    parser.add_argument("--engine", choices=ENGINES,
+                        default=environ.get("MLX_SERVER_ENGINE", defaults.engine))
+    parser.add_argument("--fake-replies", type=Path, default=None, metavar="FILE",
+                        help="fake engine: a JSON list of raw model outputs, used in order, cycling")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max-tokens-cap", type=int, default=defaults.max_tokens_cap,
+                        help="completion length when a request sets no max_tokens")
+    parser.add_argument("--log-level", default=defaults.log_level,
+                        choices=("critical", "error", "warning", "info", "debug"))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(host=args.host, port=args.port, model=args.model, engine=args.engine,
+                    fake_replies=args.fake_replies, max_body_bytes=args.max_body_bytes,
+                    max_tokens_cap=args.max_tokens_cap, log_level=args.log_level)
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """For ASGI servers that import the app (gunicorn, uvicorn --factory): MLX_SERVER_* vars."""
+    parser = argparse.ArgumentParser()
+    env = os.environ if environ is None else environ
+    add_serve_arguments(parser, env)
+    args = parser.parse_args(_env_flags(env))
+    return settings_from_args(args)
+
+
+def _env_flags(environ: Mapping[str, str]) -> Sequence[str]:
+    replies = environ.get("MLX_SERVER_FAKE_REPLIES")
+    return ["--fake-replies", replies] if replies else []

@@ -1,0 +1,144 @@
+"""The chat-completion use case: resolve the model, make it the loaded one, generate, assemble."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator
+
+import attrs
+
+from .completion import (
+    Completion,
+    FinishReason,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    Usage,
+)
+from .conversation import ChatRequest, SamplingParams, ToolChoiceMode
+from .errors import ContextTooLong, DomainError, EngineFailure, InvalidRequest
+from .models import ModelRef
+from .ports import Clock, IdSource, InferenceEngine, ModelCatalog, PreparedPrompt
+from .stops import StopMatcher
+from .worker import Cancelled, GenerationWorker
+
+
+@attrs.define
+class ChatService:
+    catalog: ModelCatalog
+    engine: InferenceEngine
+    clock: Clock
+    ids: IdSource
+    worker: GenerationWorker = attrs.field(factory=GenerationWorker)
+    max_tokens_cap: int = 4096  # completion length when the request sets none
+
+    @property
+    def loaded_model(self) -> ModelRef | None:
+        return self.engine.loaded
+
+    async def load(self, name: str) -> ModelRef:
+        """Make `name` the model in memory (swapping out the current one) and return it."""
+        model = await asyncio.to_thread(self.catalog.resolve, name)
+        await self.worker.call(lambda: self._ensure_loaded(model))
+        return model
+
+    async def open_stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Start generating; errors before the first token (unknown model, prompt too long)
+        raise here, so the caller can still answer with a proper status."""
+        _check_tools(request)
+        model = await asyncio.to_thread(self.catalog.resolve, request.model)
+        events = self.worker.run(lambda cancelled: _engine_faults(
+            self._generate(request, model, cancelled)))
+        first = await anext(events)
+        return _chain(first, events)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        pieces: list[str] = []
+        start: StreamStart | None = None
+        async for event in await self.open_stream(request):
+            if isinstance(event, StreamStart):
+                start = event
+            elif isinstance(event, TextDelta):
+                pieces.append(event.text)
+            elif start is not None:
+                return Completion(id=start.id, created=start.created, model=start.model,
+                                  text="".join(pieces) if pieces or not event.tool_calls else None,
+                                  finish_reason=event.finish_reason, usage=event.usage,
+                                  tool_calls=event.tool_calls)
+        raise EngineFailure("generation ended without finishing")
+
+    def _ensure_loaded(self, model: ModelRef) -> None:
+        if self.engine.loaded != model:
+            self.engine.load(model)
+
+    def _generate(
+        self, request: ChatRequest, model: ModelRef, cancelled: Cancelled
+    ) -> Generator[StreamEvent, None, None]:
+        self._ensure_loaded(model)
+        prompt = self.engine.prepare(request.messages, request.tools)
+        params = attrs.evolve(request.sampling,
+                              max_tokens=self._completion_budget(prompt, request.sampling, model))
+        yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()), model=model.id)
+        matcher = StopMatcher(params.stop)
+        produced, reason = 0, FinishReason.LENGTH
+        with contextlib.closing(self.engine.generate(prompt, params)) as steps:
+            for step in steps:
+                produced += 1
+                text, stopped = matcher.feed(step.text)
+                if text:
+                    yield TextDelta(text)
+                if stopped or step.finish_reason is not None:
+                    reason = FinishReason.STOP if stopped else step.finish_reason or reason
+                    break
+                if cancelled():
+                    return
+        if tail := matcher.flush():
+            yield TextDelta(tail)
+        yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens))
+
+    def _completion_budget(
+        self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef
+    ) -> int:
+        room = model.context_length - prompt.token_count
+        wanted = sampling.max_tokens
+        if room <= 0 or (wanted is not None and wanted > room):
+            asked = f" plus {wanted} completion tokens" if wanted is not None else ""
+            raise ContextTooLong(
+                f"This model's maximum context length is {model.context_length} tokens. "
+                f"The request has {prompt.token_count} prompt tokens{asked}. "
+                "Shorten the messages or lower max_tokens.",
+                param="messages",
+            )
+        return wanted if wanted is not None else min(room, self.max_tokens_cap)
+
+
+def _check_tools(request: ChatRequest) -> None:
+    choice = request.tool_choice
+    names = {tool.name for tool in request.tools}
+    if choice.mode is ToolChoiceMode.REQUIRED and not names:
+        raise InvalidRequest("tool_choice 'required' needs at least one tool in 'tools'.",
+                             param="tool_choice")
+    if choice.mode is ToolChoiceMode.FUNCTION and choice.function not in names:
+        raise InvalidRequest(f"tool_choice names function {choice.function!r}, which is not in "
+                             "'tools'.", param="tool_choice")
+
+
+def _engine_faults(events: Generator[StreamEvent, None, None]) -> Generator[StreamEvent, None, None]:
+    """Whatever an engine raises that is not a domain error is a server fault: say so plainly."""
+    try:
+        yield from events
+    except DomainError:
+        raise
+    except Exception as exc:
+        raise EngineFailure(f"Inference failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _chain(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    try:
+        yield first
+        async for event in rest:
+            yield event
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

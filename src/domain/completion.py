@@ -1,0 +1,68 @@
+"""What the server answers: completions, stream events and token accounting."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from .conversation import ToolCall
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+
+
+@attrs.frozen
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@attrs.frozen
+class GenerationStep:
+    """One token from an engine: the text it adds (may be empty mid-character)."""
+
+    text: str
+    token: int | None = None
+    finish_reason: FinishReason | None = None
+
+
+@attrs.frozen
+class StreamStart:
+    id: str
+    created: int
+    model: str
+
+
+@attrs.frozen
+class TextDelta:
+    text: str
+
+
+@attrs.frozen
+class StreamEnd:
+    finish_reason: FinishReason
+    usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+StreamEvent = StreamStart | TextDelta | StreamEnd
+
+
+@attrs.frozen
+class Completion:
+    id: str
+    created: int
+    model: str
+    text: str | None
+    finish_reason: FinishReason
+    usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()

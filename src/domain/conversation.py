@@ -1,0 +1,96 @@
+"""What a client asks for: messages, tools and sampling parameters, free of any wire format."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    DEVELOPER = "developer"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@attrs.frozen
+class TextPart:
+    text: str
+
+
+@attrs.frozen
+class ImagePart:
+    url: str
+    detail: str = "auto"
+
+
+Part = TextPart | ImagePart
+
+
+@attrs.frozen
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text, exactly as OpenAI carries it
+
+
+@attrs.frozen
+class Message:
+    role: Role
+    content: tuple[Part, ...] = ()
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined, images left out."""
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(part for part in self.content if isinstance(part, ImagePart))
+
+
+@attrs.frozen
+class ToolSpec:
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class ToolChoiceMode(enum.StrEnum):
+    NONE = "none"
+    AUTO = "auto"
+    REQUIRED = "required"
+    FUNCTION = "function"
+
+
+@attrs.frozen
+class ToolChoice:
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    function: str | None = None
+
+
+@attrs.frozen
+class SamplingParams:
+    temperature: float | None = None  # None: the model's own default
+    top_p: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None  # None: up to the context left, capped by the server
+    stop: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    sampling: SamplingParams = SamplingParams()
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    stream: bool = False
+    include_usage: bool = False

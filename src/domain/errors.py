@@ -1,0 +1,42 @@
+"""Domain errors. Each carries the OpenAI error `code` and, where one field is to blame, its `param`."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(DomainError):
+    code = "invalid_value"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(DomainError):
+    code = "model_not_found"
+
+
+class ModelUnavailable(DomainError):
+    """The model exists but cannot be served now (not downloaded and offline, failed to load)."""
+
+    code = "model_unavailable"
+
+
+class EngineFailure(DomainError):
+    """Inference broke while generating: a server fault, never the client's."""
+
+    code = "engine_failure"

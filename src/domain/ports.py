@@ -1,0 +1,69 @@
+"""The ports: what the domain needs from the outside world, as structural protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Protocol
+
+import attrs
+
+from .completion import GenerationStep
+from .conversation import Message, SamplingParams, ToolSpec
+from .models import ModelInfo, ModelRef
+
+
+@attrs.frozen
+class PreparedPrompt:
+    """A prompt rendered by the model's own template and tokenised, ready to generate from."""
+
+    token_count: int
+    payload: object = None  # engine-private: token ids, pixel values, template text
+    cached_tokens: int = 0
+
+
+class InferenceEngine(Protocol):
+    """Runs one model at a time. Every method is called from the single generation thread."""
+
+    @property
+    def loaded(self) -> ModelRef | None:
+        """The model in memory, if any."""
+
+    def load(self, model: ModelRef) -> None:
+        """Load `model`, releasing the current one first. Raises ModelUnavailable on failure,
+        leaving the engine with no model loaded."""
+
+    def unload(self) -> None:
+        """Drop every reference to the current model and free its memory."""
+
+    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+        """Render `messages` (and `tools`) with the loaded model's template and count its tokens."""
+
+    def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> Generator[GenerationStep, None, None]:
+        """Yield one step per generated token until EOS (`finish_reason` stop) or
+        `params.max_tokens` (`finish_reason` length). Closing the iterator stops generation."""
+
+
+class ModelCatalog(Protocol):
+    """Knows which models exist, under which names, and whether they are here."""
+
+    def resolve(self, name: str) -> ModelRef:
+        """Map an alias, repo id or path to a model. Raises ModelNotFound."""
+
+    def list_models(self) -> Sequence[ModelInfo]:
+        """Every model a client may name, aliases included."""
+
+    def is_local(self, model: ModelRef) -> bool:
+        """Whether `model` loads without any network access."""
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+
+
+class IdSource(Protocol):
+    def completion_id(self) -> str: ...
+
+    def tool_call_id(self) -> str: ...

@@ -1,0 +1,50 @@
+"""Stop sequences over a token stream: cut at the first match, hold back only a possible start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StopMatcher:
+    """Feed generated text piece by piece; get back what is safe to emit now.
+
+    Text that could still grow into a stop sequence is held back until it either completes one
+    (generation stops, the stop text is never returned) or can no longer match (it is released).
+    """
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self._stops = tuple(stop for stop in stops if stop)
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop sequence was reached)."""
+        if not self._stops:
+            return text, False
+        buffer = self._held + text
+        hits = [index for stop in self._stops if (index := buffer.find(stop)) >= 0]
+        if hits:
+            self._held = ""
+            return buffer[: min(hits)], True
+        keep = self._longest_pending_prefix(buffer)
+        self._held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        """Release what is held back once generation has ended without a stop."""
+        held, self._held = self._held, ""
+        return held
+
+    def _longest_pending_prefix(self, buffer: str) -> int:
+        longest = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
+
+
+def truncate_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:
+    """The whole-text equivalent of a StopMatcher run: text up to the first stop sequence."""
+    hits = [index for stop in stops if stop and (index := text.find(stop)) >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)

@@ -1,0 +1,6 @@
+"""Kept for the seed's `python -m mlx_server.main`."""
+
+from .app.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""schemathesis against openapi.yaml: the in-process app on the fake engine, every default check.
+
+Hooks keep generated requests *valid or invalid exactly as generated* while steering valid ones to
+the interesting paths: the model is pinned to a served one (so 200s and streams happen, not only
+404s), completion lengths are kept small, a named tool_choice names a tool that was sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from schemathesis.engine import events, from_schema
+
+from mlx_server.app.bootstrap import build
+from mlx_server.app.config import Settings
+
+SPEC = Path(__file__).parents[2] / "openapi.yaml"
+MIN_CASES = int(os.environ.get("CONTRACT_MIN_CASES", "1000"))
+SERVED_MODEL = "mlx-community/gemma-3-4b-it-4bit"
+
+
+def steer_body(body: Any) -> Any:
+    if not isinstance(body, dict):
+        return body
+    if isinstance(body.get("model"), str) and body["model"]:
+        body["model"] = "gemma"
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)  # JSON Schema counts 7.0 as an integer
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 64:
+            body[key] = 64
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(tools, list) and tools:
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        name = first.get("function", {}).get("name") if isinstance(first.get("function"), dict) else None
+        if isinstance(name, str) and isinstance(choice.get("function"), dict):
+            choice["function"]["name"] = name
+    return body
+
+
+def make_schema() -> Any:
+    schema = schemathesis.openapi.from_path(str(SPEC))
+    schema.app = build(Settings(max_body_bytes=1024 * 1024))
+    schema.config.update(base_url="http://localhost")
+    schema.config.generation.update(max_examples=int(os.environ.get("CONTRACT_MAX_EXAMPLES", "200")))
+    schema.config.max_stream_events = 1000  # validate whole streams, [DONE] and usage chunk included
+    schema.config.seed = int(os.environ.get("CONTRACT_SEED", "20261125"))
+    return schema
+
+
+_alternate = itertools.cycle([True, False])
+
+
+@schemathesis.hook  # global: before_call has no per-schema scope; this suite has one schema
+def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
+    """Runs on every phase's cases (examples and coverage too, unlike map_body)."""
+    case.body = steer_body(case.body)
+    parameters = case.path_parameters
+    if isinstance(parameters, dict) and isinstance(parameters.get("model"), str) and next(_alternate):
+        parameters["model"] = SERVED_MODEL
+
+
+def describe(recorder: Any, case_id: str, check: Any) -> str:
+    failure = check.failure_info.failure
+    interaction = recorder.interactions.get(case_id)
+    sent = getattr(getattr(interaction, "request", None), "body", None)
+    got = getattr(getattr(interaction, "response", None), "content", b"")
+    return (f"{check.name}: {failure.title} {(failure.message or '')[:300]}\n"
+            f"    sent: {str(sent)[:500]}\n    got: {got[:300]!r}")
+
+
+@pytest.mark.slow
+def test_every_generated_case_passes_every_default_check() -> None:
+    failures: list[str] = []
+    statuses: Counter[tuple[str, int]] = Counter()
+    for event in from_schema(make_schema()).execute():
+        if isinstance(event, events.ScenarioFinished):
+            for case_id, checks in event.recorder.checks.items():
+                failures += [describe(event.recorder, case_id, c)
+                             for c in checks if c.failure_info is not None]
+            for interaction in event.recorder.interactions.values():
+                if interaction.response is not None:
+                    statuses[(str(event.label), interaction.response.status_code)] += 1
+        elif isinstance(event, events.NonFatalError | events.FatalError):
+            failures.append(f"error: {getattr(event, 'info', None) or event}")
+    total = sum(statuses.values())
+    print(f"\nschemathesis: {total} cases, {len(failures)} failures")
+    for (label, status), count in sorted(statuses.items()):
+        print(f"  {label} -> {status}: {count}")
+    assert failures == [], "\n".join(failures)
+    assert total >= MIN_CASES
+    streamed_ok = statuses[("POST /v1/chat/completions", 200)]
+    assert streamed_ok > 50 and statuses[("GET /v1/models/{model}", 200)] > 0

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import falcon.testing
+import pytest
+
+from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.app.bootstrap import build
+from mlx_server.app.config import Settings
+from tests.support.fakes import CountingIds, FixedClock
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(engine: FakeEngine) -> falcon.testing.TestClient:
+    app = build(Settings(max_body_bytes=4096), engine=engine, clock=FixedClock(),
+                ids=CountingIds())
+    return falcon.testing.TestClient(app)

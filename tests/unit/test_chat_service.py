@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from mlx_server.adapters.catalog import StaticCatalog
+from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.domain.chat import ChatService
+from mlx_server.domain.completion import (
+    FinishReason,
+    GenerationStep,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+)
+from mlx_server.domain.conversation import (
+    ChatRequest,
+    Message,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
+from mlx_server.domain.errors import ContextTooLong, InvalidRequest, ModelNotFound
+from mlx_server.domain.models import ModelRef
+from mlx_server.domain.ports import PreparedPrompt
+from tests.support.fakes import CountingIds, FixedClock
+
+
+def service(engine: FakeEngine | None = None) -> ChatService:
+    return ChatService(catalog=StaticCatalog(), engine=engine or FakeEngine(),
+                       clock=FixedClock(), ids=CountingIds(), max_tokens_cap=64)
+
+
+def ask(text: str, model: str = "gemma", **sampling: object) -> ChatRequest:
+    return ChatRequest(model=model, messages=(Message(Role.USER, (TextPart(text),)),),
+                       sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+
+
+def test_completion_assembles_text_usage_and_resolved_id() -> None:
+    result = asyncio.run(service().complete(ask("hello there")))
+    assert result.text == "You said: hello there"
+    assert result.model == "mlx-community/gemma-3-4b-it-4bit"
+    assert result.finish_reason is FinishReason.STOP
+    assert (result.usage.completion_tokens, result.id, result.created) == (4, "chatcmpl-1",
+                                                                             1_700_000_000)
+    assert result.usage.total_tokens == result.usage.prompt_tokens + 4
+
+
+def test_max_tokens_cuts_with_finish_reason_length() -> None:
+    result = asyncio.run(service().complete(ask("one two three four", max_tokens=2)))
+    assert (result.text, result.finish_reason) == ("You said:", FinishReason.LENGTH)
+    assert result.usage.completion_tokens == 2
+
+
+def test_stop_sequence_ends_generation_without_the_stop_text() -> None:
+    engine = FakeEngine(["alpha beta STOP gamma"])
+    result = asyncio.run(service(engine).complete(ask("x", stop=("STOP",))))
+    assert (result.text, result.finish_reason) == ("alpha beta ", FinishReason.STOP)
+
+
+def test_stream_events_in_order() -> None:
+    async def collect() -> list[object]:
+        return [event async for event in await service().open_stream(ask("hi"))]
+
+    events = asyncio.run(collect())
+    assert isinstance(events[0], StreamStart)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["You", " said:", " hi"]
+    assert isinstance(events[-1], StreamEnd) and events[-1].finish_reason is FinishReason.STOP
+
+
+def test_swapping_models_loads_each_once_per_change() -> None:
+    engine = FakeEngine()
+    chat = service(engine)
+
+    async def run() -> None:
+        for name in ("gemma", "gemma", "qwen", "mlx-community/Qwen3-VL-4B-Instruct-4bit", "gemma"):
+            await chat.complete(ask("hi", model=name))
+
+    asyncio.run(run())
+    assert engine.loads == ["mlx-community/gemma-3-4b-it-4bit",
+                            "mlx-community/Qwen3-VL-4B-Instruct-4bit",
+                            "mlx-community/gemma-3-4b-it-4bit"]
+
+
+def test_unknown_model_raises_before_streaming() -> None:
+    with pytest.raises(ModelNotFound):
+        asyncio.run(service().open_stream(ask("hi", model="no-such-model")))
+
+
+def test_context_too_long_is_refused_with_numbers() -> None:
+    tiny = ModelRef(id="tiny", source="tiny", context_length=8)
+    chat = ChatService(catalog=StaticCatalog({"tiny": tiny}), engine=FakeEngine(),
+                       clock=FixedClock(), ids=CountingIds())
+    with pytest.raises(ContextTooLong, match="maximum context length is 8 tokens"):
+        asyncio.run(chat.complete(ask("a b c", model="tiny", max_tokens=5)))
+
+
+def test_default_budget_is_capped_by_the_server_setting() -> None:
+    engine = FakeEngine([" ".join(["w"] * 100)])
+    result = asyncio.run(service(engine).complete(ask("x")))
+    assert result.usage.completion_tokens == 64 and result.finish_reason is FinishReason.LENGTH
+
+
+def test_tool_choice_must_name_a_given_tool() -> None:
+    request = ChatRequest(model="gemma", messages=ask("x").messages,
+                          tools=(ToolSpec("get_weather"),),
+                          tool_choice=ToolChoice(ToolChoiceMode.FUNCTION, "other"))
+    with pytest.raises(InvalidRequest) as caught:
+        asyncio.run(service().complete(request))
+    assert caught.value.param == "tool_choice"
+
+
+class EndlessEngine(FakeEngine):
+    """Generates until closed, recording that it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = threading.Event()
+
+    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+        return PreparedPrompt(token_count=1)
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[GenerationStep]:
+        try:
+            while True:
+                yield GenerationStep("x")
+        finally:
+            self.closed.set()
+
+
+def test_closing_the_stream_stops_generation_and_frees_the_worker() -> None:
+    engine = EndlessEngine()
+    chat = service(engine)
+
+    async def run() -> str | None:
+        stream = await chat.open_stream(ask("hi", max_tokens=10_000))
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        await asyncio.to_thread(engine.closed.wait, 5)
+        follow_up = await service_after(chat)
+        return follow_up
+
+    async def service_after(chat: ChatService) -> str | None:
+        chat.engine = FakeEngine()
+        return (await chat.complete(ask("again"))).text
+
+    assert asyncio.run(run()) == "You said: again"
+    assert engine.closed.is_set()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlx_server.domain.stops import StopMatcher, truncate_at_stop
+
+alphabet = st.sampled_from("ab\n<>")
+texts = st.text(alphabet, max_size=30)
+stops = st.lists(st.text(alphabet, min_size=1, max_size=4), max_size=4)
+
+
+def run(pieces: list[str], stop: list[str]) -> tuple[str, bool]:
+    matcher, out = StopMatcher(stop), []
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        out.append(text)
+        if stopped:
+            return "".join(out), True
+    return "".join(out) + matcher.flush(), False
+
+
+@given(st.lists(texts, max_size=8), stops)
+def test_streaming_equals_truncating_the_whole_text(pieces: list[str], stop: list[str]) -> None:
+    assert run(pieces, stop) == truncate_at_stop("".join(pieces), stop)
+
+
+@given(st.lists(texts, max_size=8), stops)
+def test_holds_back_only_a_possible_stop_start(pieces: list[str], stop: list[str]) -> None:
+    matcher, emitted = StopMatcher(stop), ""
+    for piece in pieces:
+        text, stopped = matcher.feed(piece)
+        emitted += text
+        if stopped:
+            return
+        held = matcher._held
+        assert len(held) < max(map(len, stop), default=1)
+        assert not held or any(s.startswith(held) for s in stop)
+
+
+def test_stop_text_is_not_returned_and_split_tokens_match() -> None:
+    assert run(["Hello", " wor", "ld!", " more"], ["world"]) == ("Hello ", True)
+    assert run(["a<", "b"], ["<|end|>"]) == ("a<b", False)
