@@ -24,7 +24,7 @@ fi
 
 if [ "${1:-}" = "test" ]; then
   shift
-  "$VENV/bin/ruff" check src tests bench
+  "$VENV/bin/ruff" check .
   "$VENV/bin/python" -m pytest "$@"
   exit
 fi
