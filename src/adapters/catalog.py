@@ -45,5 +45,8 @@ class StaticCatalog:
     def is_local(self, model: ModelRef) -> bool:
         return True
 
+    def fetch(self, model: ModelRef) -> ModelRef:
+        return model
+
     def _names(self) -> list[str]:
         return [*self.aliases, *{model.id for model in self.aliases.values()}]

@@ -22,7 +22,9 @@ def build_engine(settings: Settings) -> InferenceEngine:
     if settings.engine == "fake":
         replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
         return FakeEngine(replies)
-    raise SystemExit(f"engine {settings.engine!r} is not available in this build")
+    from ..adapters.mlx_engine import MlxEngine
+
+    return MlxEngine()
 
 
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,

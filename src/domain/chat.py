@@ -69,14 +69,18 @@ class ChatService:
                                   tool_calls=event.tool_calls)
         raise EngineFailure("generation ended without finishing")
 
-    def _ensure_loaded(self, model: ModelRef) -> None:
-        if self.engine.loaded != model:
-            self.engine.load(model)
+    def _ensure_loaded(self, model: ModelRef) -> ModelRef:
+        """Swap `model` in unless it is the loaded one; return the loaded reference."""
+        loaded = self.engine.loaded
+        if loaded is not None and loaded.id == model.id:
+            return loaded
+        self.engine.load(self.catalog.fetch(model))
+        return self.engine.loaded or model
 
     def _generate(
         self, request: ChatRequest, model: ModelRef, cancelled: Cancelled
     ) -> Generator[StreamEvent, None, None]:
-        self._ensure_loaded(model)
+        model = self._ensure_loaded(model)
         prompt = self.engine.prepare(request.messages, request.tools)
         params = attrs.evolve(request.sampling,
                               max_tokens=self._completion_budget(prompt, request.sampling, model))
@@ -85,7 +89,7 @@ class ChatService:
         produced, reason = 0, FinishReason.LENGTH
         with contextlib.closing(self.engine.generate(prompt, params)) as steps:
             for step in steps:
-                produced += 1
+                produced += step.token is not None
                 text, stopped = matcher.feed(step.text)
                 if text:
                     yield TextDelta(text)

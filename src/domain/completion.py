@@ -28,7 +28,8 @@ class Usage:
 
 @attrs.frozen
 class GenerationStep:
-    """One token from an engine: the text it adds (may be empty mid-character)."""
+    """One token from an engine: the text it adds (may be empty mid-character). A step without
+    a `token` only flushes text or reports the finish; it is not counted as generated."""
 
     text: str
     token: int | None = None

@@ -49,7 +49,13 @@ class ModelCatalog(Protocol):
     """Knows which models exist, under which names, and whether they are here."""
 
     def resolve(self, name: str) -> ModelRef:
-        """Map an alias, repo id or path to a model. Raises ModelNotFound."""
+        """Map an alias, repo id or path to a model, without network access.
+        Raises ModelNotFound when `name` cannot name a model."""
+
+    def fetch(self, model: ModelRef) -> ModelRef:
+        """Make `model` loadable: its files local (downloaded if missing and allowed, converted if
+        needed). Returns it with `source` a local path and `family`/`context_length` read from
+        its config. Raises ModelUnavailable (offline, hub unreachable) or ModelNotFound."""
 
     def list_models(self) -> Sequence[ModelInfo]:
         """Every model a client may name, aliases included."""

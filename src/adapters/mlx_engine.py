@@ -1,0 +1,138 @@
+"""The real inference engine: mlx_vlm's loader, the model's own chat template, stream_generate.
+
+Every method runs on the single generation thread (the domain's GenerationWorker), which owns MLX.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+from ..domain.completion import FinishReason, GenerationStep
+from ..domain.conversation import Message, Role, SamplingParams, ToolSpec
+from ..domain.errors import InvalidRequest, ModelUnavailable
+from ..domain.models import ModelRef
+from ..domain.ports import PreparedPrompt
+
+log = logging.getLogger(__name__)
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+_TENSORS = ("input_ids", "pixel_values", "attention_mask")
+
+
+class MlxEngine:
+    """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
+
+    def __init__(self) -> None:
+        self._ref: ModelRef | None = None
+        self._model: Any = None
+        self._processor: Any = None
+
+    @property
+    def loaded(self) -> ModelRef | None:
+        return self._ref
+
+    def load(self, model: ModelRef) -> None:
+        from mlx_vlm.utils import load
+
+        self.unload()
+        log.info("loading %s from %s", model.id, model.source)
+        try:
+            self._model, self._processor = load(model.source)
+        except Exception as exc:  # corrupt weights, unknown architecture, out of memory, ...
+            self.unload()
+            raise ModelUnavailable(
+                f"The model {model.id!r} could not be loaded ({type(exc).__name__}: {exc}). "
+                "Check its files, or choose another model.", param="model") from exc
+        self._ref = model
+
+    def unload(self) -> None:
+        """Drop every reference to the model, collect, and hand MLX's buffer cache back."""
+        import mlx.core as mx
+
+        self._ref = self._model = self._processor = None
+        gc.collect()
+        mx.clear_cache()
+
+    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+        from mlx_vlm.prompt_utils import apply_chat_template
+        from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
+
+        model, processor = self._require()
+        _refuse_images(messages)
+        kwargs: dict[str, Any] = {"tools": [_tool_json(tool) for tool in tools]} if tools else {}
+        try:
+            text = apply_chat_template(processor, model.config, [_template_message(m) for m in messages],
+                                       **kwargs)
+        except Exception as exc:  # jinja TemplateError: e.g. roles that must alternate
+            raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
+                                 param="messages") from exc
+        inputs = prepare_inputs(
+            processor, images=None, prompts=text,
+            image_token_index=getattr(model.config, "image_token_index", None),
+            add_special_tokens=should_add_special_tokens(model.config.model_type, processor))
+        return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]), payload=inputs)
+
+    def generate(
+        self, prompt: PreparedPrompt, params: SamplingParams
+    ) -> Generator[GenerationStep, None, None]:
+        from mlx_vlm.generate import stream_generate
+
+        model, processor = self._require()
+        inputs: Mapping[str, Any] = prompt.payload  # type: ignore[assignment]
+        extra = {key: value for key, value in inputs.items() if key not in _TENSORS}
+        results = stream_generate(
+            model, processor, "", input_ids=inputs["input_ids"],
+            pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
+            **_sampling(params), **extra)
+        counted = 0
+        try:
+            for result in results:
+                # the detokenizer's final flush repeats the last token: it is not a new one
+                token = result.token if result.generation_tokens > counted else None
+                counted = result.generation_tokens
+                yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""))
+        finally:
+            results.close()
+
+    def _require(self) -> tuple[Any, Any]:
+        if self._model is None:
+            raise ModelUnavailable("No model is loaded.")
+        return self._model, self._processor
+
+
+def _sampling(params: SamplingParams) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_tokens": params.max_tokens}
+    if params.temperature is not None:
+        kwargs["temperature"] = params.temperature
+    if params.top_p is not None:
+        kwargs["top_p"] = params.top_p
+    if params.seed is not None:
+        kwargs["seed"] = params.seed
+    return kwargs
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    role = Role.SYSTEM if message.role is Role.DEVELOPER else message.role
+    entry: dict[str, Any] = {"role": role.value, "content": message.text}
+    if message.tool_calls:
+        entry["tool_calls"] = [{"id": call.id, "type": "function",
+                                "function": {"name": call.name, "arguments": call.arguments}}
+                               for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        entry["tool_call_id"] = message.tool_call_id
+    return entry
+
+
+def _tool_json(tool: ToolSpec) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
+                                             "parameters": dict(tool.parameters)}}
+
+
+def _refuse_images(messages: Sequence[Message]) -> None:
+    for index, message in enumerate(messages):
+        if message.images:
+            raise InvalidRequest(
+                "Image input is not supported by the MLX engine in this version; send text only.",
+                param=f"messages[{index}].content", code="unsupported_value")
