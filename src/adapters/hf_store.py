@@ -39,11 +39,9 @@ BUILTIN_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_DIR = "smollm2-135m-instruct-q4_1"
 LOCAL_OWNER = "mlx-server"
 
-DEFAULT_ALIASES: Mapping[str, str] = {
-    "gemma": GEMMA.id,
-    "qwen": QWEN.id,
-    "smollm": BUILTIN_SOURCE,
-}
+DEFAULT_ALIASES: Mapping[str, str] = {"gemma": "mlx-community/gemma-3-4b-it-4bit",
+                                      "qwen": "mlx-community/Qwen3-VL-4B-Instruct-4bit",
+                                      "smollm": BUILTIN_SOURCE}
 # What an MLX model directory needs: config, weights, tokenizer and chat template files. No
 # *.py: mlx_vlm never runs remote code, so downloading it would only be a liability.
 ALLOW_PATTERNS: list[str] = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -113,21 +111,24 @@ class HuggingFaceStore:
         return _ref_from_dir(model.id, self._snapshot(model.source))
 
     def list_models(self) -> Sequence[ModelInfo]:
-        """The aliases' targets, then every loadable MLX model in the hub cache."""
+        """The aliases' targets (an alias naming nothing is skipped), then every MLX-loadable
+        model in the hub cache. No network."""
         cached = self._scan_cache()
         by_target: dict[str, list[str]] = {}
         for alias, target in self._aliases.items():
             by_target.setdefault(target, []).append(alias)
         infos: dict[str, ModelInfo] = {}
         for target, names in by_target.items():
-            ref = self.resolve(target)
-            snapshot = cached.get(ref.id)
+            try:
+                ref = self.resolve(target)
+            except ModelNotFound:
+                continue
             infos.setdefault(ref.id, ModelInfo(
-                id=ref.id, created=snapshot[1] if snapshot else 0, owned_by=_owner(ref),
+                id=ref.id, created=cached.get(ref.id, 0), owned_by=_owner(ref),
                 aliases=tuple(names), available=self.is_local(ref)))
-        for repo_id, (_, modified) in sorted(cached.items()):
+        for repo_id, modified in sorted(cached.items()):
             infos.setdefault(repo_id, ModelInfo(id=repo_id, created=modified,
-                                                owned_by=repo_id.split("/")[0], available=True))
+                                                owned_by=repo_id.split("/")[0]))
         return list(infos.values())
 
     def is_local(self, model: ModelRef) -> bool:
@@ -143,9 +144,10 @@ class HuggingFaceStore:
 
     def _repo_ref(self, repo_id: str) -> ModelRef:
         """A repo's ref before fetch: from its cached config.json if any, else known defaults."""
-        config = try_to_load_from_cache(repo_id, "config.json", cache_dir=self._cache_dir)
-        if isinstance(config, str):
-            return _ref_from_config(repo_id, repo_id, _read_config(Path(config)))
+        path = try_to_load_from_cache(repo_id, "config.json", cache_dir=self._cache_dir)
+        config = _read_config(Path(path), strict=False) if isinstance(path, str) else {}
+        if config:
+            return _ref_from_config(repo_id, repo_id, config)
         known = _KNOWN.get(repo_id)
         if known is not None:
             return ModelRef(id=repo_id, source=repo_id, family=known.family,
@@ -177,15 +179,15 @@ class HuggingFaceStore:
                 OSError) as exc:
             raise _hub_error(repo_id, exc) from exc
 
-    def _scan_cache(self) -> dict[str, tuple[Path, int]]:
+    def _scan_cache(self) -> dict[str, int]:
         """Cached model repos holding an MLX-loadable config and safetensors weights:
-        repo id -> (newest snapshot, its last-modified time)."""
+        repo id -> its newest snapshot's last-modified time."""
         try:
             # scan_cache_dir binds HF_HUB_CACHE at import time: pass the current default.
             info = scan_cache_dir(self._cache_dir or constants.HF_HUB_CACHE)
         except (CacheNotFound, OSError):
             return {}
-        found: dict[str, tuple[Path, int]] = {}
+        found: dict[str, int] = {}
         for repo in info.repos:
             if repo.repo_type != "model" or not repo.revisions:
                 continue
@@ -195,7 +197,7 @@ class HuggingFaceStore:
                 continue
             config = _read_config(Path(revision.snapshot_path) / "config.json", strict=False)
             if _loadable(str(config.get("model_type", ""))):
-                found[repo.repo_id] = (Path(revision.snapshot_path), int(revision.last_modified))
+                found[repo.repo_id] = int(revision.last_modified)
         return found
 
     # -- built-in and GGUF -------------------------------------------------------------------
@@ -312,14 +314,9 @@ def _mlx_vlm_remapping() -> dict[str, str]:
     for models in _mlx_vlm_models_dirs():
         try:
             tree = ast.parse((models.parent / "utils.py").read_text(encoding="utf-8"))
-        except (OSError, SyntaxError):
+            value = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                         and ast.unparse(node.targets[0]) == "MODEL_REMAPPING")
+        except (OSError, SyntaxError, ValueError, StopIteration):
             continue
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "MODEL_REMAPPING"):
-                try:
-                    value = ast.literal_eval(node.value)
-                except ValueError:
-                    return {}
-                return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
     return {}

@@ -68,7 +68,7 @@ class MlxEngine:
         except Exception as exc:  # jinja TemplateError: e.g. roles that must alternate
             raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
                                  param="messages") from exc
-        inputs = prepare_inputs(
+        inputs = prepare_inputs(  # type: ignore[no-untyped-call]
             processor, images=None, prompts=text,
             image_token_index=getattr(model.config, "image_token_index", None),
             add_special_tokens=should_add_special_tokens(model.config.model_type, processor))

@@ -27,10 +27,19 @@ def build_engine(settings: Settings) -> InferenceEngine:
     return MlxEngine()
 
 
+def build_catalog(settings: Settings) -> ModelCatalog:
+    """The fake engine serves the fixed aliases; the real one, the Hugging Face cache and hub."""
+    if settings.engine == "fake":
+        return StaticCatalog()
+    from ..adapters.hf_store import HuggingFaceStore
+
+    return HuggingFaceStore(settings.cache_dir)
+
+
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                   catalog: ModelCatalog | None = None, clock: Clock | None = None,
                   ids: IdSource | None = None) -> ChatService:
-    return ChatService(catalog=catalog or StaticCatalog(),
+    return ChatService(catalog=catalog or build_catalog(settings),
                        engine=engine or build_engine(settings),
                        clock=clock or SystemClock(), ids=ids or RandomIds(),
                        max_tokens_cap=settings.max_tokens_cap)
@@ -40,7 +49,7 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
           catalog: ModelCatalog | None = None, clock: Clock | None = None,
           ids: IdSource | None = None) -> AsgiApp:
     """Build the ASGI app. Pass adapters to replace the real ones (tests, embedding)."""
-    catalog = catalog or StaticCatalog()
+    catalog = catalog or build_catalog(settings)
     service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids)
     return create_app(service, catalog, spec_text(), max_body_bytes=settings.max_body_bytes,
-                      preload=settings.model)
+                      preload=settings.model, fallback=settings.fallback_model)

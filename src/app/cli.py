@@ -5,21 +5,43 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
 from .bootstrap import build
-from .config import add_serve_arguments, settings_from_args
+from .config import add_serve_arguments, settings_from_args, settings_from_env
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mlx-server",
-                                     description="OpenAI-compatible server for MLX models")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["pull"], ["models"]):
+        raise SystemExit(_store_command(args))
+    parser = argparse.ArgumentParser(
+        prog="mlx-server", description="OpenAI-compatible server for MLX models",
+        epilog="other commands: 'mlx-server pull MODEL' downloads a model ahead of time; "
+               "'mlx-server models' lists the models available locally")
     add_serve_arguments(parser, os.environ)
-    settings = settings_from_args(parser.parse_args(argv))
+    settings = settings_from_args(parser.parse_args(args))
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 lifespan="on", timeout_graceful_shutdown=5)
+
+
+def _store_command(args: list[str]) -> int:
+    from ..adapters.hf_store import HuggingFaceStore
+    from . import commands
+
+    parser = argparse.ArgumentParser(prog=f"mlx-server {args[0]}")
+    if args[0] == "pull":
+        parser.add_argument("model", help="an alias (gemma, qwen, smollm), a repo id or a path")
+    parser.add_argument("--cache-dir", type=Path, default=settings_from_env().cache_dir)
+    options = parser.parse_args(args[1:])
+    store = HuggingFaceStore(options.cache_dir)
+    if args[0] == "pull":
+        return commands.pull(store, options.model)
+    return commands.list_local(store)

@@ -17,8 +17,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 1234
     model: str | None = None  # preloaded at startup; requests may name any other
-    engine: str = "fake"
+    fallback_model: str | None = "smollm"  # preloaded instead when `model` cannot be had
+    engine: str = "mlx"
     fake_replies: Path | None = None
+    cache_dir: Path = attrs.field(factory=lambda: _cache_dir({}))  # models converted from GGUF
     max_body_bytes: int = 64 * 1024 * 1024
     max_tokens_cap: int = 4096
     log_level: str = "info"
@@ -28,6 +30,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     defaults = Settings()
     parser.add_argument("--model", default=environ.get("MLX_SERVER_MODEL", defaults.model),
                         help="model to preload: an alias (gemma, qwen, smollm), a repo id or a path")
+    parser.add_argument("--fallback-model",
+                        default=environ.get("MLX_SERVER_FALLBACK_MODEL", defaults.fallback_model),
+                        help="preloaded instead when --model cannot be had ('' for none)")
+    parser.add_argument("--cache-dir", type=Path, default=_cache_dir(environ),
+                        help="where models converted from GGUF are kept")
     parser.add_argument("--host", default=environ.get("MLX_SERVER_HOST", defaults.host))
     parser.add_argument("--port", type=int,
                         default=int(environ.get("MLX_SERVER_PORT", defaults.port)))
@@ -43,9 +50,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(host=args.host, port=args.port, model=args.model, engine=args.engine,
-                    fake_replies=args.fake_replies, max_body_bytes=args.max_body_bytes,
-                    max_tokens_cap=args.max_tokens_cap, log_level=args.log_level)
+    return Settings(host=args.host, port=args.port, model=args.model,
+                    fallback_model=args.fallback_model or None, engine=args.engine,
+                    fake_replies=args.fake_replies, cache_dir=args.cache_dir,
+                    max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
+                    log_level=args.log_level)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +64,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     add_serve_arguments(parser, env)
     args = parser.parse_args(_env_flags(env))
     return settings_from_args(args)
+
+
+def _cache_dir(environ: Mapping[str, str]) -> Path:
+    if explicit := environ.get("MLX_SERVER_CACHE_DIR"):
+        return Path(explicit).expanduser()
+    base = environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base) / "mlx-server"
 
 
 def _env_flags(environ: Mapping[str, str]) -> Sequence[str]:

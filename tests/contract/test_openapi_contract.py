@@ -45,7 +45,7 @@ def steer_body(body: Any) -> Any:
 
 def make_schema() -> Any:
     schema = schemathesis.openapi.from_path(str(SPEC))
-    schema.app = build(Settings(max_body_bytes=1024 * 1024))
+    schema.app = build(Settings(engine="fake", max_body_bytes=1024 * 1024))
     schema.config.update(base_url="http://localhost")
     schema.config.generation.update(max_examples=int(os.environ.get("CONTRACT_MAX_EXAMPLES", "200")))
     schema.config.max_stream_events = 1000  # validate whole streams, [DONE] and usage chunk included

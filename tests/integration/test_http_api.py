@@ -147,7 +147,7 @@ def test_fake_replies_are_emitted_raw_and_cycle() -> None:
     from mlx_server.app.bootstrap import build
     from mlx_server.app.config import Settings
 
-    app = build(Settings(), engine=FakeEngine(["first", "second"]))
+    app = build(Settings(engine="fake"), engine=FakeEngine(["first", "second"]))
     client = falcon.testing.TestClient(app)
     texts = [chat(client).json["choices"][0]["message"]["content"] for _ in range(3)]
     assert texts == ["first", "second", "first"]

@@ -27,29 +27,35 @@ log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    """Preloads the startup model and stops the generation thread on shutdown."""
+    """Preloads the startup model (or its fallback) and stops the generation thread on shutdown."""
 
-    def __init__(self, service: ChatService, preload: str | None) -> None:
-        self._service, self._preload = service, preload
+    def __init__(self, service: ChatService, preload: str | None, fallback: str | None) -> None:
+        self._service = service
+        self._candidates = [name for name in (preload, fallback) if name]
+        if preload is None or fallback == preload:
+            self._candidates = self._candidates[:1] if preload else []
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        if self._preload is None:
-            return
-        try:
-            model = await self._service.load(self._preload)
-        except DomainError as error:
-            log.error("could not preload %r: %s", self._preload, error.message)
-        else:
-            log.info("model %s loaded", model.id)
+        for position, name in enumerate(self._candidates):
+            try:
+                model = await self._service.load(name)
+            except DomainError as error:
+                later = self._candidates[position + 1:]
+                log.warning("%s is not available: %s%s", name, error.message,
+                            f" Serving {later[0]} instead." if later else "")
+            else:
+                log.info("model %s loaded", model.id)
+                return
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         self._service.worker.stop()
 
 
 def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str, *,
-               max_body_bytes: int, preload: str | None = None) -> AsgiApp:
+               max_body_bytes: int, preload: str | None = None,
+               fallback: str | None = None) -> AsgiApp:
     codec = ChatCodec(yaml.safe_load(spec_text))
-    app: AsgiApp = falcon.asgi.App(middleware=Lifecycle(service, preload), cors_enable=True)
+    app: AsgiApp = falcon.asgi.App(middleware=Lifecycle(service, preload, fallback), cors_enable=True)
     app.req_options.strip_url_path_trailing_slash = True
     models = ModelsResource(service, catalog, codec)
     app.add_route("/health", HealthResource(service))

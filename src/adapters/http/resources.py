@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -30,12 +31,13 @@ class ModelsResource:
         self._service, self._catalog, self._codec = service, catalog, codec
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        models = list(self._catalog.list_models())
-        resp.media = self._codec.models(models, self._loaded_id())
+        models = await asyncio.to_thread(self._catalog.list_models)  # may scan the disk cache
+        resp.media = self._codec.models(list(models), self._loaded_id())
 
     async def on_get_one(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                          model_id: str) -> None:
-        resp.media = self._codec.model(self._find(model_id), self._loaded_id())
+        model = await asyncio.to_thread(self._find, model_id)
+        resp.media = self._codec.model(model, self._loaded_id())
 
     def _find(self, name: str) -> ModelInfo:
         wanted = self._catalog.resolve(name).id  # raises ModelNotFound

@@ -1,0 +1,153 @@
+"""CPU only: replace quantized layers by float32 dense ones at load (``--cpu-weights``).
+
+MLX's CPU ``quantized_matmul`` kernel runs at ~2 GFLOP/s, while a float32 matmul served by an
+optimized BLAS (see ``cpu_fastpath``) runs at tens of GFLOP/s. float16/bfloat16 are no help on
+the CPU: MLX does not send them to BLAS (measured 0.8-2.8 GFLOP/s, slower than float32 even on
+the reference BLAS), so the dense weights are float32. On Metal and CUDA the quantized kernels
+are the fast path: nothing is changed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MODES", "available_memory_bytes", "dequantize_for_cpu"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "dequantize", "keep")
+AUTO_MEMORY_FRACTION = 0.25  # auto dequantizes when the float32 weights fit in this share
+_SKIP = ("vision", "visual", "audio", "multi_modal_projector", "mm_projector")
+
+
+def dequantize_for_cpu(model: Any, mode: str = "auto", *,
+                       available_bytes: int | None = None) -> str:
+    """Dequantize ``model``'s language-model quantized layers to float32, per ``mode``.
+
+    ``auto``: on the CPU device, when the float32 size is below a quarter of the memory
+    available (``available_bytes`` overrides the reading of /proc/meminfo and the cgroup limit);
+    ``dequantize``: on the CPU device, always; ``keep``: never. Vision and audio towers are left
+    as they are. Returns one line for the log, e.g.
+    ``"dequantized 211 layers to float32: 540 MB (was 98 MB)"``.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    if mode not in MODES:
+        raise ValueError(f"cpu weights mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "keep":
+        return "kept quantized weights (--cpu-weights keep)"
+    device = _accelerator(mx)
+    if device is not None:
+        return f"kept quantized weights ({device}: quantized kernels are the fast path)"
+
+    from mlx.utils import tree_map_with_path
+
+    language = getattr(model, "language_model", None)
+    root = model if language is None else language
+    quantized = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+    targets = [module for name, module in root.named_modules()
+               if isinstance(module, quantized) and not any(part in name for part in _SKIP)]
+    if not targets:
+        return "no quantized layers: weights as loaded"
+    dense = sum(_dense_bytes(module) for module in targets)
+    packed = sum(_packed_bytes(module) for module in targets)
+    if mode == "auto":
+        available = available_memory_bytes() if available_bytes is None else available_bytes
+        if available is not None and dense > AUTO_MEMORY_FRACTION * available:
+            return (f"kept quantized weights: float32 would take {_mb(dense)}, more than "
+                    f"{AUTO_MEMORY_FRACTION:.0%} of the {_mb(available)} available "
+                    "(--cpu-weights dequantize forces it)")
+
+    bits = "/".join(str(b) for b in sorted({int(module.bits) for module in targets}))
+    chosen = {id(module) for module in targets}
+    replaced: list[Any] = []
+
+    def swap(_path: str, module: Any) -> Any:
+        if id(module) not in chosen:
+            return module
+        replaced.append(_dense(module, mx, nn))
+        return replaced[-1]
+
+    # the pattern nn.quantize uses: map the leaf modules, then update the tree in place
+    root.update_modules(tree_map_with_path(swap, root.leaf_modules(), is_leaf=nn.Module.is_module))
+    mx.eval([layer.parameters() for layer in replaced])  # now, not lazily at the first request
+    count = len(replaced)
+    del replaced, targets, chosen
+    mx.clear_cache()
+    return (f"dequantized {count} {bits}-bit layers to float32: {_mb(dense)} "
+            f"(was {_mb(packed)})")
+
+
+def _accelerator(mx: Any) -> str | None:
+    """'metal' / 'cuda' when MLX runs on (or could run on) a GPU; None on a CPU-only build."""
+    if mx.default_device().type == mx.gpu:
+        return "gpu device"
+    if mx.metal.is_available():
+        return "metal available"
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        return "cuda available"
+    return None
+
+
+def _dense(module: Any, mx: Any, nn: Any) -> Any:
+    weight = mx.dequantize(module["weight"], scales=module["scales"], biases=module.get("biases"),
+                           group_size=module.group_size, bits=module.bits, mode=module.mode,
+                           dtype=mx.float32)
+    if isinstance(module, nn.QuantizedEmbedding):
+        layer = nn.Embedding(*weight.shape)  # as_linear() then runs x @ W.T through BLAS
+        layer.weight = weight
+    else:
+        out_dims, in_dims = weight.shape
+        layer = nn.Linear(in_dims, out_dims, bias="bias" in module)
+        layer.weight = weight
+        if "bias" in module:
+            layer.bias = module["bias"].astype(mx.float32)
+    if getattr(module, "_training", True) is False or not module.trainable_parameters():
+        layer.freeze()
+    return layer
+
+
+def _dense_bytes(module: Any) -> int:
+    rows, packed_cols = module["weight"].shape
+    return int(rows * packed_cols * 32 // int(module.bits) * 4)
+
+
+def _packed_bytes(module: Any) -> int:
+    return sum(int(module[key].nbytes) for key in ("weight", "scales", "biases")
+               if module.get(key) is not None)
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"),
+                           cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """MemAvailable, bounded by a cgroup v2 memory.max (less its usage); None if unknown."""
+    available: int | None = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = None
+    try:
+        limit = (cgroup_root / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup_root / "memory.current").read_text())
+            headroom = int(limit) - used
+            available = headroom if available is None else min(available, headroom)
+    except (OSError, ValueError):
+        pass
+    return available
