@@ -29,6 +29,9 @@ if [ "${1:-}" = "test" ]; then
   exit
 fi
 
-model=${1:-gemma}
-[ $# -gt 0 ] && shift
+model=gemma
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  model=$1
+  shift
+fi
 exec "$VENV/bin/python" -m mlx_server --model "$model" "$@"
