@@ -22,8 +22,8 @@ def raw_decode_tps(tokens: int) -> tuple[float, int]:
     model, processor = load(str(smollm_dir()))
     prompt = apply_chat_template(processor, model.config, MESSAGES)
     last = None
-    for last in stream_generate(model, processor, prompt, max_tokens=tokens, temperature=0.0):
-        pass
+    for result in stream_generate(model, processor, prompt, max_tokens=tokens, temperature=0.0):
+        last = result
     assert last is not None
     return last.generation_tps, last.generation_tokens
 
