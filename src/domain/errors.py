@@ -26,6 +26,20 @@ class ContextTooLong(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class InvalidImage(InvalidRequest):
+    """The bytes are not a usable image: bad base64, not an image, truncated, empty, too many
+    pixels."""
+
+    code = "invalid_image"
+
+
+class InvalidImageUrl(InvalidRequest):
+    """The image URL cannot be fetched: refused scheme or address, unreachable, non-2xx, too
+    large, timed out."""
+
+    code = "invalid_image_url"
+
+
 class ModelNotFound(DomainError):
     code = "model_not_found"
 

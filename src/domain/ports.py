@@ -21,6 +21,21 @@ class PreparedPrompt:
     cached_tokens: int = 0
 
 
+@attrs.frozen
+class LoadedImage:
+    """An image ready for a model: decoded, oriented, RGB. `key` is the sha256 of its bytes, so the
+    same image seen again (the next turn) is recognised without decoding it twice."""
+
+    key: str
+    image: object = attrs.field(eq=False, repr=False)  # the adapter's decoded image (PIL, RGB)
+
+
+class ImageLoader(Protocol):
+    async def load(self, url: str, *, param: str) -> LoadedImage:
+        """Decode a data: URI or fetch an http(s) URL. Raises InvalidImage or InvalidImageUrl,
+        naming `param` (e.g. `messages[2].content[1].image_url.url`)."""
+
+
 class InferenceEngine(Protocol):
     """Runs one model at a time. Every method is called from the single generation thread."""
 
