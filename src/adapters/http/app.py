@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -48,7 +49,7 @@ class Lifecycle:
                 return
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        self._service.worker.stop()
+        await asyncio.to_thread(self._service.worker.stop)  # joins the generation thread
 
 
 def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str, *,
