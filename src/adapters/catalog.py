@@ -10,10 +10,10 @@ from ..domain.errors import ModelNotFound
 from ..domain.models import Family, ModelInfo, ModelRef
 
 GEMMA = ModelRef(id="mlx-community/gemma-3-4b-it-4bit", source="mlx-community/gemma-3-4b-it-4bit",
-                 family=Family.GEMMA3, context_length=131072)
+                 family=Family.GEMMA3, context_length=131072, vision=True)
 QWEN = ModelRef(id="mlx-community/Qwen3-VL-4B-Instruct-4bit",
                 source="mlx-community/Qwen3-VL-4B-Instruct-4bit", family=Family.QWEN3_VL,
-                context_length=262144)
+                context_length=262144, vision=True)
 SMOLLM = ModelRef(id="HuggingFaceTB/SmolLM2-135M-Instruct", source="builtin:smollm2",
                   family=Family.GENERIC, context_length=8192)
 

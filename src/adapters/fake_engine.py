@@ -16,7 +16,7 @@ from pathlib import Path
 from ..domain.completion import FinishReason, GenerationStep
 from ..domain.conversation import Message, SamplingParams, ToolSpec
 from ..domain.models import ModelRef
-from ..domain.ports import PreparedPrompt
+from ..domain.ports import PreparedPrompt, PromptInput
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 
@@ -66,9 +66,9 @@ class FakeEngine:
     def unload(self) -> None:
         self._loaded = None
 
-    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
-        text = render(messages, tools)
-        last_user = next((m.text for m in reversed(messages) if m.role == "user"), "")
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
+        text = render(prompt.messages, prompt.tools) + prompt.assistant_prefix
+        last_user = next((m.text for m in reversed(prompt.messages) if m.role == "user"), "")
         return PreparedPrompt(token_count=len(tokenize(text)), payload=last_user)
 
     def generate(

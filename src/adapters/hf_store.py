@@ -151,8 +151,9 @@ class HuggingFaceStore:
         known = _KNOWN.get(repo_id)
         if known is not None:
             return ModelRef(id=repo_id, source=repo_id, family=known.family,
-                            context_length=known.context_length)
-        return ModelRef(id=repo_id, source=repo_id)
+                            context_length=known.context_length, vision=known.vision)
+        # NOTE: unknown until its config is here; the engine checks again after the fetch
+        return ModelRef(id=repo_id, source=repo_id, vision=True)
 
     def _cached_snapshot(self, repo_id: str) -> Path | None:
         """The complete cached snapshot of `repo_id`, found with no network request."""
@@ -286,7 +287,8 @@ def _ref_from_config(model_id: str, source: str, config: Mapping[str, Any]) -> M
         or config.get("max_position_embeddings")
     if not isinstance(context, int) or context <= 0:
         context = _DEFAULT_CONTEXT.get(family, _FALLBACK_CONTEXT)
-    return ModelRef(id=model_id, source=source, family=family, context_length=context)
+    return ModelRef(id=model_id, source=source, family=family, context_length=context,
+                    vision="vision_config" in config)
 
 
 def _loadable(model_type: str) -> bool:

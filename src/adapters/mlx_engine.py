@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from ..domain.completion import FinishReason, GenerationStep
-from ..domain.conversation import Message, Role, SamplingParams, ToolSpec
+from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
 from ..domain.errors import InvalidRequest, ModelUnavailable
 from ..domain.models import ModelRef
-from ..domain.ports import PreparedPrompt
+from ..domain.ports import PreparedPrompt, PromptInput
 
 log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -55,21 +55,25 @@ class MlxEngine:
         gc.collect()
         mx.clear_cache()
 
-    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
         from mlx_vlm.prompt_utils import apply_chat_template
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
         model, processor = self._require()
-        _refuse_images(messages)
-        kwargs: dict[str, Any] = {"tools": [_tool_json(tool) for tool in tools]} if tools else {}
+        if prompt.images and not (self._ref and self._ref.vision):
+            raise InvalidRequest("This model has no vision: it cannot take images.",
+                                 param="messages", code="unsupported_value")
+        kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
         try:
-            text = apply_chat_template(processor, model.config, [_template_message(m) for m in messages],
-                                       **kwargs)
+            text: str = apply_chat_template(processor, model.config,
+                                       [_template_message(m) for m in prompt.messages],
+                                       num_images=len(prompt.images), **kwargs)  # type: ignore[assignment]
         except Exception as exc:  # jinja TemplateError: e.g. roles that must alternate
             raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
                                  param="messages") from exc
+        images = [image.image for image in prompt.images] or None
         inputs = prepare_inputs(  # type: ignore[no-untyped-call]
-            processor, images=None, prompts=text,
+            processor, images=images, prompts=text + prompt.assistant_prefix,
             image_token_index=getattr(model.config, "image_token_index", None),
             add_special_tokens=should_add_special_tokens(model.config.model_type, processor))
         return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]), payload=inputs)
@@ -114,8 +118,14 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
 
 
 def _template_message(message: Message) -> dict[str, Any]:
+    """OpenAI-shaped, as mlx_vlm's templating expects: image parts keep their place."""
     role = Role.SYSTEM if message.role is Role.DEVELOPER else message.role
-    entry: dict[str, Any] = {"role": role.value, "content": message.text}
+    content: Any = message.text
+    if message.images:
+        content = [{"type": "text", "text": part.text} if isinstance(part, TextPart)
+                   else {"type": "image_url", "image_url": {"url": "image"}}
+                   for part in message.content]
+    entry: dict[str, Any] = {"role": role.value, "content": content}
     if message.tool_calls:
         entry["tool_calls"] = [{"id": call.id, "type": "function",
                                 "function": {"name": call.name, "arguments": call.arguments}}
@@ -128,11 +138,3 @@ def _template_message(message: Message) -> dict[str, Any]:
 def _tool_json(tool: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": {"name": tool.name, "description": tool.description,
                                              "parameters": dict(tool.parameters)}}
-
-
-def _refuse_images(messages: Sequence[Message]) -> None:
-    for index, message in enumerate(messages):
-        if message.images:
-            raise InvalidRequest(
-                "Image input is not supported by the MLX engine in this version; send text only.",
-                param=f"messages[{index}].content", code="unsupported_value")

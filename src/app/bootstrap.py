@@ -10,7 +10,7 @@ from ..adapters.http.app import create_app
 from ..adapters.http.errors import AsgiApp
 from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
-from ..domain.ports import Clock, IdSource, InferenceEngine, ModelCatalog
+from ..domain.ports import Clock, IdSource, ImageLoader, InferenceEngine, ModelCatalog
 from .config import Settings
 
 
@@ -36,12 +36,20 @@ def build_catalog(settings: Settings) -> ModelCatalog:
     return HuggingFaceStore(settings.cache_dir)
 
 
+def build_images(settings: Settings) -> ImageLoader:
+    from ..adapters.images import ImagePolicy, PillowImageLoader
+
+    return PillowImageLoader(ImagePolicy(max_bytes=settings.max_image_bytes,
+                                         allow_private=settings.allow_private_image_urls))
+
+
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                   catalog: ModelCatalog | None = None, clock: Clock | None = None,
-                  ids: IdSource | None = None) -> ChatService:
+                  ids: IdSource | None = None, images: ImageLoader | None = None) -> ChatService:
     return ChatService(catalog=catalog or build_catalog(settings),
                        engine=engine or build_engine(settings),
                        clock=clock or SystemClock(), ids=ids or RandomIds(),
+                       images=images or build_images(settings),
                        max_tokens_cap=settings.max_tokens_cap)
 
 

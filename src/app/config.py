@@ -23,6 +23,8 @@ class Settings:
     cache_dir: Path = attrs.field(factory=lambda: _cache_dir({}))  # models converted from GGUF
     max_body_bytes: int = 64 * 1024 * 1024
     max_tokens_cap: int = 4096
+    max_image_bytes: int = 20 * 1024 * 1024
+    allow_private_image_urls: bool = False
     log_level: str = "info"
 
 
@@ -45,6 +47,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-tokens-cap", type=int, default=defaults.max_tokens_cap,
                         help="completion length when a request sets no max_tokens")
+    parser.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
+                        help="largest image (data URI or download) accepted")
+    parser.add_argument("--allow-private-image-urls", action="store_true",
+                        help="let image URLs reach loopback/private addresses (local setups only)")
     parser.add_argument("--log-level", default=defaults.log_level,
                         choices=("critical", "error", "warning", "info", "debug"))
 
@@ -54,7 +60,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     fallback_model=args.fallback_model or None, engine=args.engine,
                     fake_replies=args.fake_replies, cache_dir=args.cache_dir,
                     max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
-                    log_level=args.log_level)
+                    max_image_bytes=args.max_image_bytes,
+                    allow_private_image_urls=args.allow_private_image_urls, log_level=args.log_level)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:

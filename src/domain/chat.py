@@ -17,10 +17,19 @@ from .completion import (
     TextDelta,
     Usage,
 )
-from .conversation import ChatRequest, SamplingParams, ToolChoiceMode
+from .conversation import ChatRequest, ImagePart, SamplingParams, ToolChoiceMode
 from .errors import ContextTooLong, DomainError, EngineFailure, InvalidRequest
 from .models import ModelRef
-from .ports import Clock, IdSource, InferenceEngine, ModelCatalog, PreparedPrompt
+from .ports import (
+    Clock,
+    IdSource,
+    ImageLoader,
+    InferenceEngine,
+    LoadedImage,
+    ModelCatalog,
+    PreparedPrompt,
+    PromptInput,
+)
 from .stops import StopMatcher
 from .worker import Cancelled, GenerationWorker
 
@@ -32,6 +41,7 @@ class ChatService:
     clock: Clock
     ids: IdSource
     worker: GenerationWorker = attrs.field(factory=GenerationWorker)
+    images: ImageLoader | None = None
     max_tokens_cap: int = 4096  # completion length when the request sets none
 
     @property
@@ -49,8 +59,10 @@ class ChatService:
         raise here, so the caller can still answer with a proper status."""
         _check_tools(request)
         model = await asyncio.to_thread(self.catalog.resolve, request.model)
+        images = await self._load_images(request, model)  # before queueing for the engine
+        prompt = PromptInput(request.messages, request.tools, images)
         events = self.worker.run(lambda cancelled: _engine_faults(
-            self._generate(request, model, cancelled)))
+            self._generate(request, prompt, model, cancelled)))
         first = await anext(events)
         return _chain(first, events)
 
@@ -77,11 +89,30 @@ class ChatService:
         self.engine.load(self.catalog.fetch(model))
         return self.engine.loaded or model
 
+    async def _load_images(self, request: ChatRequest, model: ModelRef) -> tuple[LoadedImage, ...]:
+        """Decode or fetch every image part concurrently; the first failure cancels the rest."""
+        jobs = [(f"messages[{i}].content[{j}].image_url.url", part.url)
+                for i, message in enumerate(request.messages)
+                for j, part in enumerate(message.content) if isinstance(part, ImagePart)]
+        if not jobs:
+            return ()
+        if not model.vision or self.images is None:
+            raise InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
+                                 "Send text only, or choose a vision model (gemma, qwen).",
+                                 param=jobs[0][0], code="unsupported_value")
+        loader = self.images
+        tasks = [asyncio.ensure_future(loader.load(url, param=param)) for param, url in jobs]
+        try:
+            return tuple(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
     def _generate(
-        self, request: ChatRequest, model: ModelRef, cancelled: Cancelled
+        self, request: ChatRequest, source: PromptInput, model: ModelRef, cancelled: Cancelled
     ) -> Generator[StreamEvent, None, None]:
         model = self._ensure_loaded(model)
-        prompt = self.engine.prepare(request.messages, request.tools)
+        prompt = self.engine.prepare(source)
         params = attrs.evolve(request.sampling,
                               max_tokens=self._completion_budget(prompt, request.sampling, model))
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()), model=model.id)

@@ -21,6 +21,7 @@ class ModelRef:
     source: str  # what the engine loads: a local directory, a repo id or a file
     family: Family = Family.GENERIC
     context_length: int = 8192
+    vision: bool = False  # whether the model takes images
 
 
 @attrs.frozen

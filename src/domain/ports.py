@@ -36,6 +36,17 @@ class ImageLoader(Protocol):
         naming `param` (e.g. `messages[2].content[1].image_url.url`)."""
 
 
+@attrs.frozen
+class PromptInput:
+    """What an engine renders into a prompt: the conversation, the tools its template should
+    show, the images in order of appearance, and text the assistant turn must start with."""
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    images: tuple[LoadedImage, ...] = ()
+    assistant_prefix: str = ""
+
+
 class InferenceEngine(Protocol):
     """Runs one model at a time. Every method is called from the single generation thread."""
 
@@ -50,8 +61,9 @@ class InferenceEngine(Protocol):
     def unload(self) -> None:
         """Drop every reference to the current model and free its memory."""
 
-    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
-        """Render `messages` (and `tools`) with the loaded model's template and count its tokens."""
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
+        """Render `prompt` with the loaded model's own template and count its tokens exactly.
+        Raises InvalidRequest when the template rejects the conversation."""
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams

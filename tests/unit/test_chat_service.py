@@ -28,7 +28,7 @@ from mlx_server.domain.conversation import (
 )
 from mlx_server.domain.errors import ContextTooLong, InvalidRequest, ModelNotFound
 from mlx_server.domain.models import ModelRef
-from mlx_server.domain.ports import PreparedPrompt
+from mlx_server.domain.ports import PreparedPrompt, PromptInput
 from tests.support.fakes import CountingIds, FixedClock
 
 
@@ -123,7 +123,7 @@ class EndlessEngine(FakeEngine):
         super().__init__()
         self.closed = threading.Event()
 
-    def prepare(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> PreparedPrompt:
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
         return PreparedPrompt(token_count=1)
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[GenerationStep]:

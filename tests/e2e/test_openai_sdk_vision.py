@@ -1,0 +1,38 @@
+"""The openai SDK sends an image to a real server process; each tiny VLM answers it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.conftest import start_server, stop_server
+from tests.support.images import data_uri, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(tiny_gemma3: Path) -> Iterator[openai.OpenAI]:
+    process, base = start_server(["--model", str(tiny_gemma3), "--fallback-model", ""])
+    try:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    finally:
+        stop_server(process)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen3_vl"])
+def test_sdk_image_request_is_answered(client: openai.OpenAI, family: str,
+                                       request: pytest.FixtureRequest) -> None:
+    model = str(request.getfixturevalue(f"tiny_{family}"))
+    content = [{"type": "text", "text": "What is in this image?"},
+               {"type": "image_url", "image_url": {"url": data_uri(png_bytes()), "detail": "low"}}]
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+        max_tokens=4, temperature=0)
+    assert reply.model == model and reply.usage is not None
+    assert reply.usage.prompt_tokens > 16 and reply.choices[0].finish_reason in {"stop", "length"}
+    print(f"\n{family}: {reply.usage.prompt_tokens} prompt tokens, "
+          f"{reply.choices[0].message.content!r}")

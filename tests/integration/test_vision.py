@@ -1,0 +1,95 @@
+"""Images in chat on real MLX: the tiny gemma3 and qwen3_vl models through the HTTP layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from mlx_server.adapters.catalog import StaticCatalog
+from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.app.bootstrap import build
+from mlx_server.app.config import Settings
+from mlx_server.domain.models import Family, ModelRef
+from tests.support.images import data_uri, png_bytes, serve_files
+
+pytestmark = pytest.mark.slow
+IMAGE_TOKENS = {"gemma3": 16, "qwen3": 64}  # per 224x224 image, from the models' configs
+
+
+@pytest.fixture(scope="module")
+def client(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> falcon.testing.TestClient:
+    catalog = StaticCatalog({
+        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
+        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
+        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
+    })
+    app = build(Settings(allow_private_image_urls=True), engine=MlxEngine(), catalog=catalog)
+    return falcon.testing.TestClient(app)
+
+
+def image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}
+
+
+def prompt_tokens(client: falcon.testing.TestClient, model: str, messages: list[Any]) -> int:
+    result = client.simulate_post("/v1/chat/completions", json={
+        "model": model, "messages": messages, "max_tokens": 2, "temperature": 0})
+    assert result.status_code == 200, result.text
+    return int(result.json["usage"]["prompt_tokens"])
+
+
+@pytest.mark.parametrize("model", ["gemma3", "qwen3"])
+def test_images_keep_their_place_and_count(client: falcon.testing.TestClient, model: str) -> None:
+    red, blue = data_uri(png_bytes()), data_uri(png_bytes(color=(20, 40, 220)))
+    text_only = prompt_tokens(client, model, [{"role": "user", "content": "Describe."}])
+    one = prompt_tokens(client, model, [{"role": "user", "content": [
+        {"type": "text", "text": "Describe."}, image_part(red)]}])
+    two = prompt_tokens(client, model, [{"role": "user", "content": [
+        image_part(red), {"type": "text", "text": "Describe."}, image_part(blue)]}])
+    per_image = IMAGE_TOKENS[model]
+    assert one - text_only >= per_image and two - one >= per_image
+    earlier = prompt_tokens(client, model, [
+        {"role": "user", "content": [{"type": "text", "text": "Look."}, image_part(red)]},
+        {"role": "assistant", "content": "Seen."},
+        {"role": "user", "content": "Describe."}])
+    assert earlier > text_only + per_image
+
+
+@pytest.mark.parametrize("model", ["gemma3", "qwen3"])
+def test_url_and_data_uri_give_the_same_prompt(client: falcon.testing.TestClient, model: str) -> None:
+    image = png_bytes(color=(10, 200, 10))
+    with serve_files({"/green.png": image}) as base:
+        by_url = prompt_tokens(client, model, [{"role": "user", "content": [
+            image_part(f"{base}/green.png"), {"type": "text", "text": "What?"}]}])
+    by_data = prompt_tokens(client, model, [{"role": "user", "content": [
+        image_part(data_uri(image)), {"type": "text", "text": "What?"}]}])
+    assert by_url == by_data
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("data:image/png;base64,!!!not-base64!!!", "invalid_image"),
+    (data_uri(b"just some text"), "invalid_image"),
+    ("file:///etc/passwd", "invalid_image_url"),
+])
+def test_bad_images_are_400_naming_the_part_and_the_server_keeps_serving(
+        client: falcon.testing.TestClient, url: str, code: str) -> None:
+    result = client.simulate_post("/v1/chat/completions", json={"model": "gemma3", "messages": [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": [{"type": "text", "text": "What?"}, image_part(url)]}]})
+    assert result.status_code == 400
+    assert result.json["error"]["code"] == code
+    assert result.json["error"]["param"] == "messages[2].content[1].image_url.url"
+    assert prompt_tokens(client, "gemma3", [{"role": "user", "content": "again"}]) > 0
+
+
+def test_an_image_for_a_text_only_model_says_it_has_no_vision(
+        client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/v1/chat/completions", json={"model": "smollm", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What?"},
+                                     image_part(data_uri(png_bytes()))]}]})
+    assert result.status_code == 400 and "no vision" in result.json["error"]["message"]
+    assert result.json["error"]["param"] == "messages[0].content[1].image_url.url"
