@@ -33,8 +33,10 @@ def dequantize_for_cpu(model: Any, mode: str = "auto", *,
     as they are. Returns one line for the log, e.g.
     ``"dequantized 211 layers to float32: 540 MB (was 98 MB)"``.
     """
-    import mlx.core as mx
-    import mlx.nn as nn
+    import importlib
+
+    mx: Any = importlib.import_module("mlx.core")
+    nn: Any = importlib.import_module("mlx.nn")  # (mlx ships no type stubs for its layers)
 
     if mode not in MODES:
         raise ValueError(f"cpu weights mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -76,7 +78,8 @@ def dequantize_for_cpu(model: Any, mode: str = "auto", *,
     root.update_modules(tree_map_with_path(swap, root.leaf_modules(), is_leaf=nn.Module.is_module))
     mx.eval([layer.parameters() for layer in replaced])  # now, not lazily at the first request
     count = len(replaced)
-    del replaced, targets, chosen
+    targets.clear()  # the quantized layers: their buffers go back to MLX's cache, then the OS
+    chosen.clear()
     mx.clear_cache()
     return (f"dequantized {count} {bits}-bit layers to float32: {_mb(dense)} "
             f"(was {_mb(packed)})")
