@@ -72,10 +72,14 @@ class MlxEngine:
             raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
                                  param="messages") from exc
         images = [image.image for image in prompt.images] or None
+        # NOTE: Gemma's template writes <bos> itself; adding it again doubles it
+        bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+        add_special = should_add_special_tokens(model.config.model_type, processor) and not (
+            isinstance(bos, str) and bos and text.startswith(bos))
         inputs = prepare_inputs(  # type: ignore[no-untyped-call]
             processor, images=images, prompts=text + prompt.assistant_prefix,
             image_token_index=getattr(model.config, "image_token_index", None),
-            add_special_tokens=should_add_special_tokens(model.config.model_type, processor))
+            add_special_tokens=add_special)
         return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]), payload=inputs)
 
     def generate(

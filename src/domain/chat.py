@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Generator
+import logging
+from collections.abc import AsyncIterator, Callable, Generator
 
 import attrs
 
@@ -31,7 +32,18 @@ from .ports import (
     PromptInput,
 )
 from .stops import StopMatcher
+from .tool_calls import (
+    CallArguments,
+    CallStarted,
+    ContentPiece,
+    ToolCallStreamer,
+    ToolEvent,
+    assemble,
+)
+from .tool_plan import PlainText, ToolPlan, plan_tools
 from .worker import Cancelled, GenerationWorker
+
+log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -59,26 +71,29 @@ class ChatService:
         raise here, so the caller can still answer with a proper status."""
         _check_tools(request)
         model = await asyncio.to_thread(self.catalog.resolve, request.model)
+        plan_tools(request, model)  # refuse tools the model cannot call before loading anything
         images = await self._load_images(request, model)  # before queueing for the engine
-        prompt = PromptInput(request.messages, request.tools, images)
         events = self.worker.run(lambda cancelled: _engine_faults(
-            self._generate(request, prompt, model, cancelled)))
+            self._generate(request, images, model, cancelled)))
         first = await anext(events)
         return _chain(first, events)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        pieces: list[str] = []
+        """The stream, assembled: streaming and not always agree."""
+        events: list[ToolEvent] = []
         start: StreamStart | None = None
         async for event in await self.open_stream(request):
             if isinstance(event, StreamStart):
                 start = event
             elif isinstance(event, TextDelta):
-                pieces.append(event.text)
+                events.append(ContentPiece(event.text))
+            elif isinstance(event, CallStarted | CallArguments):
+                events.append(event)
             elif start is not None:
+                reply = assemble(events)
                 return Completion(id=start.id, created=start.created, model=start.model,
-                                  text="".join(pieces) if pieces or not event.tool_calls else None,
-                                  finish_reason=event.finish_reason, usage=event.usage,
-                                  tool_calls=event.tool_calls)
+                                  text=reply.content, finish_reason=event.finish_reason,
+                                  usage=event.usage, tool_calls=reply.calls)
         raise EngineFailure("generation ended without finishing")
 
     def _ensure_loaded(self, model: ModelRef) -> ModelRef:
@@ -109,29 +124,36 @@ class ChatService:
                 task.cancel()
 
     def _generate(
-        self, request: ChatRequest, source: PromptInput, model: ModelRef, cancelled: Cancelled
+        self, request: ChatRequest, images: tuple[LoadedImage, ...], model: ModelRef,
+        cancelled: Cancelled,
     ) -> Generator[StreamEvent, None, None]:
-        model = self._ensure_loaded(model)
-        prompt = self.engine.prepare(source)
+        model = self._ensure_loaded(model)  # the fetched model's family may differ: plan again
+        plan = plan_tools(request, model)
+        prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
+                                                 plan.prefix))
         params = attrs.evolve(request.sampling,
                               max_tokens=self._completion_budget(prompt, request.sampling, model))
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()), model=model.id)
-        matcher = StopMatcher(params.stop)
+        run = _Run(plan, self.ids.tool_call_id, params.stop)
+        yield from run.take(run.parser.feed(plan.prefix))  # the model's output continues it
         produced, reason = 0, FinishReason.LENGTH
         with contextlib.closing(self.engine.generate(prompt, params)) as steps:
             for step in steps:
                 produced += step.token is not None
-                text, stopped = matcher.feed(step.text)
-                if text:
-                    yield TextDelta(text)
-                if stopped or step.finish_reason is not None:
+                text, stopped = run.matcher.feed(step.text)
+                yield from run.take(run.parser.feed(text))
+                if stopped or step.finish_reason is not None or run.done:
                     reason = FinishReason.STOP if stopped else step.finish_reason or reason
                     break
                 if cancelled():
                     return
-        if tail := matcher.flush():
-            yield TextDelta(tail)
-        yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens))
+        if not run.done:
+            yield from run.take(run.parser.feed(run.matcher.flush()) + run.parser.finish())
+        reason = FinishReason.TOOL_CALLS if run.calls else reason
+        if run.parser.rejected:  # counted; returned to the client as content, never lost
+            log.warning("%s: %d tool call block(s) rejected", model.id, run.parser.rejected)
+        yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
+                        rejected_calls=run.parser.rejected)
 
     def _completion_budget(
         self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef
@@ -147,6 +169,30 @@ class ChatService:
                 param="messages",
             )
         return wanted if wanted is not None else min(room, self.max_tokens_cap)
+
+
+class _Run:
+    """One generation's text pipeline: stop sequences, then tool-call parsing."""
+
+    def __init__(self, plan: ToolPlan, new_id: Callable[[], str], stops: tuple[str, ...]) -> None:
+        self.plan = plan
+        self.matcher = StopMatcher((*stops, *plan.stops))
+        self.parser: ToolCallStreamer = (plan.format.streamer(plan.tools, new_id) if plan.format
+                                         else PlainText())
+        self.calls = 0
+        self.done = False  # parallel_tool_calls false: the first call ends the turn
+
+    def take(self, events: list[ToolEvent]) -> Generator[StreamEvent, None, None]:
+        for event in events:
+            if isinstance(event, ContentPiece):
+                if event.text and not self.done:
+                    yield TextDelta(event.text)
+                continue
+            if self.plan.single_call and event.index > 0:
+                continue  # NOTE: a second call in the same block is dropped, not turned to text
+            self.calls += isinstance(event, CallStarted)
+            yield event
+            self.done = self.plan.single_call and isinstance(event, CallArguments)
 
 
 def _check_tools(request: ChatRequest) -> None:

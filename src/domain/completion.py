@@ -7,6 +7,7 @@ import enum
 import attrs
 
 from .conversation import ToolCall
+from .tool_types import CallArguments, CallStarted
 
 
 class FinishReason(enum.StrEnum):
@@ -52,10 +53,10 @@ class TextDelta:
 class StreamEnd:
     finish_reason: FinishReason
     usage: Usage
-    tool_calls: tuple[ToolCall, ...] = ()
+    rejected_calls: int = 0  # call blocks that did not parse or fit: returned as content
 
 
-StreamEvent = StreamStart | TextDelta | StreamEnd
+StreamEvent = StreamStart | TextDelta | CallStarted | CallArguments | StreamEnd
 
 
 @attrs.frozen

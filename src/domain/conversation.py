@@ -92,5 +92,6 @@ class ChatRequest:
     sampling: SamplingParams = SamplingParams()
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
     stream: bool = False
     include_usage: bool = False

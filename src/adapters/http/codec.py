@@ -104,6 +104,7 @@ def _to_request(dto: ChatCompletionRequestDTO) -> ChatRequest:
                                 max_tokens=max_tokens, stop=stop),
         tools=tools,
         tool_choice=_to_tool_choice(dto.tool_choice, bool(tools)),
+        parallel_tool_calls=dto.parallel_tool_calls is not False,
         stream=bool(dto.stream),
         include_usage=bool(dto.stream_options and dto.stream_options.include_usage),
     )

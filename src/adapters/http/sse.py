@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
 from ...domain.errors import DomainError, EngineFailure
+from ...domain.tool_types import CallArguments, CallStarted
 from .codec import usage_dto
 from .dto import make_converter
 from .errors import domain_envelope
@@ -42,6 +43,15 @@ class ChunkWriter:
     def text(self, text: str) -> bytes:
         return self.choice('{"content":' + _dumps(text) + "}")
 
+    def call_started(self, event: CallStarted) -> bytes:
+        return self.choice('{"tool_calls":[{"index":' + str(event.index) + ',"id":' + _dumps(event.id)
+                           + ',"type":"function","function":{"name":' + _dumps(event.name)
+                           + ',"arguments":""}}]}')
+
+    def call_arguments(self, event: CallArguments) -> bytes:
+        return self.choice('{"tool_calls":[{"index":' + str(event.index)
+                           + ',"function":{"arguments":' + _dumps(event.text) + "}}]}")
+
     def end(self, event: StreamEnd) -> bytes:
         chunks = self.choice("{}", event.finish_reason.value)
         if self._include_usage:
@@ -59,6 +69,10 @@ async def render(events: AsyncIterator[StreamEvent], include_usage: bool) -> Asy
             elif isinstance(event, StreamStart):
                 writer = ChunkWriter(event, include_usage)
                 yield writer.first()
+            elif isinstance(event, CallStarted) and writer is not None:
+                yield writer.call_started(event)
+            elif isinstance(event, CallArguments) and writer is not None:
+                yield writer.call_arguments(event)
             elif isinstance(event, StreamEnd) and writer is not None:
                 yield writer.end(event)
         yield _DONE

@@ -1,0 +1,64 @@
+"""The prompt a tool conversation renders to, on the tiny gemma3 / qwen3_vl models with their real
+chat templates (snapshot files in tests/support/snapshots), and the forced opener in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.domain.conversation import (
+    ChatRequest,
+    Message,
+    Role,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
+from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.ports import PromptInput
+from mlx_server.domain.tool_plan import plan_tools
+
+pytestmark = pytest.mark.slow
+SNAPSHOTS = Path(__file__).parents[1] / "support" / "snapshots"
+WEATHER = ToolSpec("get_weather", "Get the current weather for a city", {
+    "type": "object", "properties": {"city": {"type": "string", "description": "City name"},
+                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"]})
+LOOP = (Message(Role.SYSTEM, (TextPart("You are a helpful assistant."),)),
+        Message(Role.USER, (TextPart("What is the weather in Paris?"),)),
+        Message(Role.ASSISTANT, tool_calls=(ToolCall("call_1", "get_weather",
+                                                     '{"city": "Paris", "unit": "celsius"}'),)),
+        Message(Role.TOOL, (TextPart('{"temperature": 21, "condition": "sunny"}'),),
+                tool_call_id="call_1"))
+
+
+def rendered(path: Path, family: Family, choice: ToolChoice = ToolChoice()) -> str:
+    model = ModelRef(path.name, str(path), family, 4096, vision=True)
+    engine = MlxEngine()
+    engine.load(model)
+    plan = plan_tools(ChatRequest("m", LOOP, tools=(WEATHER,), tool_choice=choice), model)
+    prompt = engine.prepare(PromptInput(plan.messages, plan.template_tools, (), plan.prefix))
+    tokenizer = engine._processor.tokenizer  # the model's own tokenizer, to read the prompt back
+    return str(tokenizer.decode(prompt.payload["input_ids"][0].tolist()))  # type: ignore[index]
+
+
+@pytest.mark.parametrize("family", [Family.GEMMA3, Family.QWEN3_VL])
+def test_tool_loop_prompt_matches_the_snapshot(family: Family, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(f"tiny_{family.value}")
+    expected = (SNAPSHOTS / f"{family.value}_tool_loop.txt").read_text(encoding="utf-8")
+    assert rendered(path, family) == expected
+
+
+@pytest.mark.parametrize(("family", "opener"), [
+    (Family.GEMMA3, "<start_of_turn>model\n```tool_code\nget_weather("),
+    (Family.QWEN3_VL, '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '),
+])
+def test_a_named_tool_choice_forces_the_opener_into_the_prompt(
+        family: Family, opener: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(f"tiny_{family.value}")
+    named = ToolChoice(ToolChoiceMode.FUNCTION, "get_weather")
+    assert rendered(path, family, named).endswith(opener)
