@@ -36,7 +36,10 @@ LOOP = (Message(Role.SYSTEM, (TextPart("You are a helpful assistant."),)),
                 tool_call_id="call_1"))
 
 
-def rendered(path: Path, family: Family, choice: ToolChoice = ToolChoice()) -> str:
+AUTO = ToolChoice()
+
+
+def rendered(path: Path, family: Family, choice: ToolChoice = AUTO) -> str:
     model = ModelRef(path.name, str(path), family, 4096, vision=True)
     engine = MlxEngine()
     engine.load(model)
