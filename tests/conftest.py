@@ -14,6 +14,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Real-model tests run on the Linux CPU fast path: re-exec pytest with OpenBLAS preloaded
+    before any test imports MLX (a no-op where it is active already, or not Linux CPU)."""
+    from mlx_server.adapters.cpu_fastpath import activation_env, ensure_fast_blas
+
+    if activation_env() is None:
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # give fds 1/2 back, or the new pytest writes into capture files
+        capture.stop_global_capturing()
+    ensure_fast_blas()
+
+
 @pytest.fixture(scope="session")
 def offline_mlx_env() -> Iterator[None]:
     """No Hub access, no MLX CPU JIT (cheaper than compiling for models this small).

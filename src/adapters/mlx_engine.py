@@ -15,6 +15,7 @@ from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolS
 from ..domain.errors import InvalidRequest, ModelUnavailable
 from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
+from .dequantize import dequantize_for_cpu
 
 log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -24,7 +25,9 @@ _TENSORS = ("input_ids", "pixel_values", "attention_mask")
 class MlxEngine:
     """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_weights: str = "auto") -> None:
+        self._cpu_weights = cpu_weights
+        self.weights = "none loaded"  # how the loaded model's weights are held (for /health)
         self._ref: ModelRef | None = None
         self._model: Any = None
         self._processor: Any = None
@@ -40,12 +43,14 @@ class MlxEngine:
         log.info("loading %s from %s", model.id, model.source)
         try:
             self._model, self._processor = load(model.source)
+            self.weights = dequantize_for_cpu(self._model, self._cpu_weights)
         except Exception as exc:  # corrupt weights, unknown architecture, out of memory, ...
             self.unload()
             raise ModelUnavailable(
                 f"The model {model.id!r} could not be loaded ({type(exc).__name__}: {exc}). "
                 "Check its files, or choose another model.", param="model") from exc
         self._ref = model
+        log.info("%s loaded: %s", model.id, self.weights)
 
     def unload(self) -> None:
         """Drop every reference to the model, collect, and hand MLX's buffer cache back."""

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import sys
+
+from ..adapters.cpu_fastpath import ensure_fast_blas
 from ..adapters.http.errors import AsgiApp
 from .bootstrap import build
 from .config import settings_from_env
 
 
 def create() -> AsgiApp:
+    if "gunicorn" not in sys.modules:  # uvicorn --factory; gunicorn's master did it already
+        ensure_fast_blas()
     return build(settings_from_env())

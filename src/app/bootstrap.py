@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from importlib import resources
 
 from ..adapters.catalog import StaticCatalog
@@ -12,6 +14,8 @@ from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
 from ..domain.ports import Clock, IdSource, ImageLoader, InferenceEngine, ModelCatalog
 from .config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def spec_text() -> str:
@@ -24,7 +28,7 @@ def build_engine(settings: Settings) -> InferenceEngine:
         return FakeEngine(replies)
     from ..adapters.mlx_engine import MlxEngine
 
-    return MlxEngine()
+    return MlxEngine(cpu_weights=settings.cpu_weights)
 
 
 def build_catalog(settings: Settings) -> ModelCatalog:
@@ -59,5 +63,19 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
     """Build the ASGI app. Pass adapters to replace the real ones (tests, embedding)."""
     catalog = catalog or build_catalog(settings)
     service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids)
+    backend = backend_of(service.engine)
+    log.info("backend: %s", ", ".join(f"{key}={value}" for key, value in backend().items()))
     return create_app(service, catalog, spec_text(), max_body_bytes=settings.max_body_bytes,
-                      preload=settings.model, fallback=settings.fallback_model)
+                      preload=settings.model, fallback=settings.fallback_model, backend=backend)
+
+
+def backend_of(engine: InferenceEngine) -> Callable[[], Mapping[str, str]]:
+    """What serves inference, as /health reports it: device, BLAS, how weights are held."""
+    from ..adapters.mlx_engine import MlxEngine
+
+    if not isinstance(engine, MlxEngine):
+        return lambda: {"engine": type(engine).__name__}
+    from ..adapters.cpu_fastpath import backend_report
+
+    report = {"engine": "mlx", **backend_report()}  # checked once: it cannot change later
+    return lambda: {**report, "weights": engine.weights}

@@ -19,6 +19,7 @@ class Settings:
     model: str | None = None  # preloaded at startup; requests may name any other
     fallback_model: str | None = "smollm"  # preloaded instead when `model` cannot be had
     engine: str = "mlx"
+    cpu_weights: str = "auto"  # on the CPU: dequantize 4/8-bit layers for the fast BLAS path
     fake_replies: Path | None = None
     cache_dir: Path = attrs.field(factory=lambda: _cache_dir({}))  # models converted from GGUF
     max_body_bytes: int = 64 * 1024 * 1024
@@ -42,6 +43,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
                         default=int(environ.get("MLX_SERVER_PORT", defaults.port)))
     parser.add_argument("--engine", choices=ENGINES,
                         default=environ.get("MLX_SERVER_ENGINE", defaults.engine))
+    parser.add_argument("--cpu-weights", choices=("auto", "dequantize", "keep"),
+                        default=environ.get("MLX_SERVER_CPU_WEIGHTS", defaults.cpu_weights),
+                        help="CPU device only: dequantize quantized layers to float32 (auto: when "
+                             "they fit comfortably in memory); never on Metal or CUDA")
     parser.add_argument("--fake-replies", type=Path, default=None, metavar="FILE",
                         help="fake engine: a JSON list of raw model outputs, used in order, cycling")
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
@@ -58,6 +63,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(host=args.host, port=args.port, model=args.model,
                     fallback_model=args.fallback_model or None, engine=args.engine,
+                    cpu_weights=args.cpu_weights,
                     fake_replies=args.fake_replies, cache_dir=args.cache_dir,
                     max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
                     max_image_bytes=args.max_image_bytes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import falcon
@@ -54,12 +54,13 @@ class Lifecycle:
 
 def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str, *,
                max_body_bytes: int, preload: str | None = None,
-               fallback: str | None = None) -> AsgiApp:
+               fallback: str | None = None,
+               backend: Callable[[], Mapping[str, str]] = dict) -> AsgiApp:
     codec = ChatCodec(yaml.safe_load(spec_text))
     app: AsgiApp = falcon.asgi.App(middleware=Lifecycle(service, preload, fallback), cors_enable=True)
     app.req_options.strip_url_path_trailing_slash = True
     models = ModelsResource(service, catalog, codec)
-    app.add_route("/health", HealthResource(service))
+    app.add_route("/health", HealthResource(service, backend))
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/v1/chat/completions", ChatCompletionsResource(service, codec, max_body_bytes))

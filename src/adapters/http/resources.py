@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import falcon
@@ -18,12 +19,13 @@ from .codec import ChatCodec
 
 
 class HealthResource:
-    def __init__(self, service: ChatService) -> None:
-        self._service = service
+    def __init__(self, service: ChatService, backend: Callable[[], Mapping[str, str]]) -> None:
+        self._service, self._backend = service, backend
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         loaded = self._service.loaded_model
-        resp.media = {"status": "ok", "model": loaded.id if loaded else None}
+        resp.media = {"status": "ok", "model": loaded.id if loaded else None,
+                      "backend": dict(self._backend())}
 
 
 class ModelsResource:
