@@ -243,7 +243,8 @@ def activation_env(environ: Mapping[str, str] | None = None, *, platform: str | 
 
     None when there is nothing to do: not Linux (macOS keeps Accelerate), a CUDA build of MLX,
     disabled with ``MLX_SERVER_FAST_BLAS=0``, already active or already attempted
-    (``MLX_SERVER_BLAS`` set, or OpenBLAS mapped in this process), the ``cmeel-openblas`` wheel
+    (``MLX_SERVER_BLAS`` set, or, for this process's own environment, OpenBLAS mapped already),
+    the ``cmeel-openblas`` wheel
     missing, or no ``libgfortran.so.5`` to satisfy it. ``library`` and ``cpus`` are injectable
     for tests; ``platform`` defaults to ``sys.platform``.
     """
@@ -251,7 +252,8 @@ def activation_env(environ: Mapping[str, str] | None = None, *, platform: str | 
     platform = platform or sys.platform
     if platform != "linux" or _disabled(env) or env.get(MARKER_VAR):
         return None
-    if _cuda_build() or _mapped_openblas() is not None:
+    # NOTE: what this process has mapped only matters when the question is about this process
+    if _cuda_build() or (environ is None and _mapped_openblas() is not None):
         return None
     library = library or fast_blas_library(platform)
     if library is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def load_replies(path: Path) -> tuple[str, ...]:
 class FakeEngine:
     """Implements the InferenceEngine port. Every model 'loads' instantly."""
 
-    def __init__(self, replies: Sequence[str] = ()) -> None:
+    def __init__(self, replies: Sequence[str] = (), delay: float = 0.0) -> None:
         self._replies = itertools.cycle(replies) if replies else None
+        self._delay = delay  # seconds per token: a slow stream, for tests of cancellation
         self._loaded: ModelRef | None = None
         self.loads: list[str] = []  # every model id loaded, in order: lets tests see swaps
 
@@ -78,6 +80,8 @@ class FakeEngine:
         tokens = tokenize(reply) or [""]
         limit = params.max_tokens if params.max_tokens is not None else len(tokens)
         for index, token in enumerate(tokens[:limit], start=1):
+            if self._delay:
+                time.sleep(self._delay)
             if index == len(tokens):
                 yield GenerationStep(token, index, FinishReason.STOP)
             elif index == limit:

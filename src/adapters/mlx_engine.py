@@ -10,12 +10,14 @@ import logging
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from ..domain.completion import FinishReason, GenerationStep
+from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
 from ..domain.errors import InvalidRequest, ModelUnavailable
 from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
 from .dequantize import dequantize_for_cpu
+from .kv_store import CachePlan, KvPrefixStore
+from .structured import json_logits_processor
 
 log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -25,8 +27,11 @@ _TENSORS = ("input_ids", "pixel_values", "attention_mask")
 class MlxEngine:
     """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
 
-    def __init__(self, cpu_weights: str = "auto") -> None:
+    def __init__(self, cpu_weights: str = "auto", prefix_cache: bool = True,
+                 prefix_cache_mb: int | None = None) -> None:
         self._cpu_weights = cpu_weights
+        # KV prefix cache: on by default; budget None = an eighth of RAM, 256 MiB to 4 GiB
+        self.prefix = KvPrefixStore(prefix_cache_mb) if prefix_cache else None
         self.weights = "none loaded"  # how the loaded model's weights are held (for /health)
         self._ref: ModelRef | None = None
         self._model: Any = None
@@ -56,6 +61,8 @@ class MlxEngine:
         """Drop every reference to the model, collect, and hand MLX's buffer cache back."""
         import mlx.core as mx
 
+        if self.prefix is not None and self._ref is not None:
+            self.prefix.drop_model(self._ref.id)  # KV states of a model gone are useless
         self._ref = self._model = self._processor = None
         gc.collect()
         mx.clear_cache()
@@ -85,7 +92,9 @@ class MlxEngine:
             processor, images=images, prompts=text + prompt.assistant_prefix,
             image_token_index=getattr(model.config, "image_token_index", None),
             add_special_tokens=add_special)
-        return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]), payload=inputs)
+        plan = self._cache_plan(inputs, prompt)
+        return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]),
+                              payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0)
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams
@@ -93,21 +102,54 @@ class MlxEngine:
         from mlx_vlm.generate import stream_generate
 
         model, processor = self._require()
+        tokenizer = getattr(processor, "tokenizer", processor)
         inputs: Mapping[str, Any] = prompt.payload  # type: ignore[assignment]
         extra = {key: value for key, value in inputs.items() if key not in _TENSORS}
-        results = stream_generate(
+        if params.response_format is not None:
+            extra["logits_processors"] = [
+                json_logits_processor(tokenizer, params.response_format.schema)]
+        plan = inputs.plan if isinstance(inputs, _Payload) else None
+        reuse, cache = self.prefix.generation_kwargs(model, plan) if self.prefix and plan else ({}, [])
+        results = self._kept(stream_generate(
             model, processor, "", input_ids=inputs["input_ids"],
             pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
-            **_sampling(params), **extra)
+            **_sampling(params), **extra, **reuse), plan, cache)
         counted = 0
         try:
             for result in results:
                 # the detokenizer's final flush repeats the last token: it is not a new one
                 token = result.token if result.generation_tokens > counted else None
                 counted = result.generation_tokens
-                yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""))
+                logprob = (_logprob(tokenizer, token, result.logprobs, params.top_logprobs)
+                           if params.logprobs and token is not None else None)
+                yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""),
+                                     logprob)
         finally:
             results.close()
+
+    def _cache_plan(self, inputs: Mapping[str, Any], prompt: PromptInput) -> CachePlan | None:
+        if self.prefix is None or self._ref is None:
+            return None
+        ids = [int(token) for token in inputs["input_ids"][0].tolist()]
+        return self.prefix.plan(self._model, self._ref.id, ids, [i.key for i in prompt.images])
+
+    def _kept(self, results: Generator[Any, None, None], plan: CachePlan | None,
+              cache: list[Any]) -> Generator[Any, None, None]:
+        """`results`, passed through; then the KV state of prompt + generated tokens is saved."""
+        generated: list[int] = []
+        usable = False
+        try:
+            for result in results:
+                usable = plan is not None and result.cached_tokens == plan.reused
+                if result.token is not None and result.generation_tokens > len(generated):
+                    generated.append(int(result.token))
+                yield result
+        finally:
+            results.close()
+            if usable and self.prefix is not None and plan is not None:
+                self.prefix.save(plan, cache, generated)
+            elif plan is not None:
+                log.warning("prefix cache: mlx_vlm did not reuse the planned %d tokens", plan.reused)
 
     def _require(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -115,15 +157,46 @@ class MlxEngine:
         return self._model, self._processor
 
 
+class _Payload(dict[str, Any]):
+    """prepare_inputs' tensors, and the prefix-cache plan made for them."""
+
+    def __init__(self, inputs: Mapping[str, Any], plan: CachePlan | None) -> None:
+        super().__init__(inputs)
+        self.plan = plan
+
+
 def _sampling(params: SamplingParams) -> dict[str, Any]:
+    """mlx_vlm's own samplers and logits processors; unset values keep the model's defaults."""
     kwargs: dict[str, Any] = {"max_tokens": params.max_tokens}
-    if params.temperature is not None:
-        kwargs["temperature"] = params.temperature
-    if params.top_p is not None:
-        kwargs["top_p"] = params.top_p
-    if params.seed is not None:
-        kwargs["seed"] = params.seed
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
+                 "presence_penalty", "frequency_penalty"):
+        if (value := getattr(params, name)) is not None:
+            kwargs[name] = value
+    if params.logit_bias:
+        kwargs["logit_bias"] = dict(params.logit_bias)
     return kwargs
+
+
+def _logprob(tokenizer: Any, token: int, logprobs: Any, top: int) -> TokenLogprob:
+    """OpenAI's per-token entry from mlx_vlm's log-softmax over the vocabulary."""
+    import mlx.core as mx
+
+    values = logprobs.reshape(-1)
+    alternatives: tuple[TopLogprob, ...] = ()
+    if top:
+        best = mx.argpartition(-values, kth=top - 1)[:top]
+        ids: list[int] = best.tolist()  # type: ignore[assignment]
+        scores: list[float] = values[best].tolist()
+        ranked = sorted(zip(ids, scores, strict=True), key=lambda pair: -pair[1])
+        alternatives = tuple(TopLogprob(text, lp, raw) for i, lp in ranked
+                             for text, raw in [_token_text(tokenizer, i)])
+    text, raw = _token_text(tokenizer, token)
+    return TokenLogprob(text, float(values[token].item()), raw, alternatives)
+
+
+def _token_text(tokenizer: Any, token: int) -> tuple[str, tuple[int, ...]]:
+    text = str(tokenizer.decode([token]))
+    return text, tuple(text.encode("utf-8"))
 
 
 def _template_message(message: Message) -> dict[str, Any]:

@@ -8,11 +8,21 @@ from importlib import resources
 
 from ..adapters.catalog import StaticCatalog
 from ..adapters.fake_engine import FakeEngine, load_replies
-from ..adapters.http.app import create_app
+from ..adapters.http.app import HttpOptions, create_app
 from ..adapters.http.errors import AsgiApp
+from ..adapters.metrics import PrometheusMetrics
 from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
-from ..domain.ports import Clock, IdSource, ImageLoader, InferenceEngine, ModelCatalog
+from ..domain.ports import (
+    Clock,
+    IdSource,
+    ImageLoader,
+    InferenceEngine,
+    Metrics,
+    ModelCatalog,
+    NoMetrics,
+)
+from ..domain.worker import GenerationWorker, QueuePolicy
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -25,10 +35,11 @@ def spec_text() -> str:
 def build_engine(settings: Settings) -> InferenceEngine:
     if settings.engine == "fake":
         replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
-        return FakeEngine(replies)
+        return FakeEngine(replies, delay=settings.fake_delay)
     from ..adapters.mlx_engine import MlxEngine
 
-    return MlxEngine(cpu_weights=settings.cpu_weights)
+    return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,
+                     prefix_cache_mb=settings.prefix_cache_mb)
 
 
 def build_catalog(settings: Settings) -> ModelCatalog:
@@ -49,24 +60,34 @@ def build_images(settings: Settings) -> ImageLoader:
 
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                   catalog: ModelCatalog | None = None, clock: Clock | None = None,
-                  ids: IdSource | None = None, images: ImageLoader | None = None) -> ChatService:
+                  ids: IdSource | None = None, images: ImageLoader | None = None,
+                  metrics: Metrics | None = None) -> ChatService:
     return ChatService(catalog=catalog or build_catalog(settings),
                        engine=engine or build_engine(settings),
                        clock=clock or SystemClock(), ids=ids or RandomIds(),
                        images=images or build_images(settings),
+                       worker=GenerationWorker(QueuePolicy(settings.max_queue,
+                                                           settings.queue_timeout,
+                                                           settings.swap_batch)),
+                       metrics=metrics or NoMetrics(),
                        max_tokens_cap=settings.max_tokens_cap)
 
 
 def build(settings: Settings, *, engine: InferenceEngine | None = None,
           catalog: ModelCatalog | None = None, clock: Clock | None = None,
-          ids: IdSource | None = None) -> AsgiApp:
+          ids: IdSource | None = None, metrics: PrometheusMetrics | None = None) -> AsgiApp:
     """Build the ASGI app. Pass adapters to replace the real ones (tests, embedding)."""
     catalog = catalog or build_catalog(settings)
-    service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids)
+    metrics = metrics or PrometheusMetrics()
+    service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids,
+                            metrics=metrics)
+    metrics.watch_loaded_model(lambda: service.loaded_model.id if service.loaded_model else None)
     backend = backend_of(service.engine)
     log.info("backend: %s", ", ".join(f"{key}={value}" for key, value in backend().items()))
-    return create_app(service, catalog, spec_text(), max_body_bytes=settings.max_body_bytes,
-                      preload=settings.model, fallback=settings.fallback_model, backend=backend)
+    options = HttpOptions(max_body_bytes=settings.max_body_bytes, preload=settings.model,
+                          fallback=settings.fallback_model, api_key=settings.api_key,
+                          cors_origins=settings.cors_origins, idle_unload=settings.idle_unload)
+    return create_app(service, catalog, spec_text(), options, backend=backend, metrics=metrics)
 
 
 def backend_of(engine: InferenceEngine) -> Callable[[], Mapping[str, str]]:

@@ -1,15 +1,26 @@
-"""Settings, read once from the command line and the environment. The only reader of os.environ."""
+"""Settings, read once from the command line and the environment. The only reader of os.environ.
+
+Every flag `--some-flag` also reads `MLX_SERVER_SOME_FLAG` from the environment (the command line
+wins), which is how ASGI servers that import the app (gunicorn, uvicorn --factory) configure it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 ENGINES = ("mlx", "fake")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _cache_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base) / "mlx-server"
 
 
 @attrs.frozen
@@ -21,71 +32,89 @@ class Settings:
     engine: str = "mlx"
     cpu_weights: str = "auto"  # on the CPU: dequantize 4/8-bit layers for the fast BLAS path
     fake_replies: Path | None = None
-    cache_dir: Path = attrs.field(factory=lambda: _cache_dir({}))  # models converted from GGUF
-    max_body_bytes: int = 64 * 1024 * 1024
+    fake_delay: float = 0.0  # fake engine: seconds per token (tests of slow streams)
+    cache_dir: Path = attrs.field(factory=lambda: _cache_dir(os.environ))  # converted GGUF models
+    max_body_mb: float = 64.0
     max_tokens_cap: int = 4096
     max_image_bytes: int = 20 * 1024 * 1024
     allow_private_image_urls: bool = False
+    prefix_cache: bool = True
+    prefix_cache_mb: int | None = None  # None: sized from the machine
+    max_queue: int = 16
+    queue_timeout: float = 600.0
+    swap_batch: int = 4  # later requests for the loaded model served before an older swap
+    idle_unload: float = 0.0  # seconds without requests before the model is freed; 0: never
+    api_key: str | None = attrs.field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+# flag -> (Settings field, type, help); the default comes from Settings
+_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--model", "model", str, "model to preload: an alias (gemma, qwen, smollm), a repo id or a path"),
+    ("--fallback-model", "fallback_model", str, "preloaded instead when --model cannot be had ('' for none)"),
+    ("--cache-dir", "cache_dir", Path, "where models converted from GGUF are kept"),
+    ("--host", "host", str, "address to listen on"),
+    ("--port", "port", int, "port to listen on"),
+    ("--engine", "engine", str, "mlx (real inference) or fake (no weights, for tests and demos)"),
+    ("--cpu-weights", "cpu_weights", str, "CPU only: auto|dequantize|keep quantized layers"),
+    ("--fake-replies", "fake_replies", Path, "fake engine: a JSON list of raw model outputs"),
+    ("--fake-delay", "fake_delay", float, "fake engine: seconds per streamed token"),
+    ("--max-body-mb", "max_body_mb", float, "larger request bodies get 413"),
+    ("--max-tokens-cap", "max_tokens_cap", int, "completion length when a request sets none"),
+    ("--max-image-bytes", "max_image_bytes", int, "largest image accepted"),
+    ("--prefix-cache-mb", "prefix_cache_mb", int, "KV prefix cache budget (default: from RAM)"),
+    ("--max-queue", "max_queue", int, "requests that may wait for the model; more get 503"),
+    ("--queue-timeout", "queue_timeout", float, "seconds a request may wait before a 503"),
+    ("--swap-batch", "swap_batch", int, "later requests for the loaded model served before a swap"),
+    ("--idle-unload", "idle_unload", float, "free the model after this many idle seconds (0: never)"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
+    ("--log-level", "log_level", str, "|".join(LOG_LEVELS)),
+)
+_SWITCHES = (  # flag -> (Settings field, value when given, help)
+    ("--allow-private-image-urls", "allow_private_image_urls", True,
+     "let image URLs reach loopback/private addresses (local setups only)"),
+    ("--no-prefix-cache", "prefix_cache", False, "turn the KV prefix cache off"),
+)
+_CHOICES = {"engine": ENGINES, "cpu_weights": ("auto", "dequantize", "keep"), "log_level": LOG_LEVELS}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     defaults = Settings()
-    parser.add_argument("--model", default=environ.get("MLX_SERVER_MODEL", defaults.model),
-                        help="model to preload: an alias (gemma, qwen, smollm), a repo id or a path")
-    parser.add_argument("--fallback-model",
-                        default=environ.get("MLX_SERVER_FALLBACK_MODEL", defaults.fallback_model),
-                        help="preloaded instead when --model cannot be had ('' for none)")
-    parser.add_argument("--cache-dir", type=Path, default=_cache_dir(environ),
-                        help="where models converted from GGUF are kept")
-    parser.add_argument("--host", default=environ.get("MLX_SERVER_HOST", defaults.host))
-    parser.add_argument("--port", type=int,
-                        default=int(environ.get("MLX_SERVER_PORT", defaults.port)))
-    parser.add_argument("--engine", choices=ENGINES,
-                        default=environ.get("MLX_SERVER_ENGINE", defaults.engine))
-    parser.add_argument("--cpu-weights", choices=("auto", "dequantize", "keep"),
-                        default=environ.get("MLX_SERVER_CPU_WEIGHTS", defaults.cpu_weights),
-                        help="CPU device only: dequantize quantized layers to float32 (auto: when "
-                             "they fit comfortably in memory); never on Metal or CUDA")
-    parser.add_argument("--fake-replies", type=Path, default=None, metavar="FILE",
-                        help="fake engine: a JSON list of raw model outputs, used in order, cycling")
-    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
-    parser.add_argument("--max-tokens-cap", type=int, default=defaults.max_tokens_cap,
-                        help="completion length when a request sets no max_tokens")
-    parser.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
-                        help="largest image (data URI or download) accepted")
-    parser.add_argument("--allow-private-image-urls", action="store_true",
-                        help="let image URLs reach loopback/private addresses (local setups only)")
-    parser.add_argument("--log-level", default=defaults.log_level,
-                        choices=("critical", "error", "warning", "info", "debug"))
+    for flag, field, kind, help_text in _FLAGS:
+        env = environ.get(_env_name(flag))
+        default = kind(env) if env is not None else getattr(defaults, field)
+        parser.add_argument(flag, dest=field, type=kind, default=default, help=help_text,
+                            choices=_CHOICES.get(field))
+    for flag, field, value, help_text in _SWITCHES:
+        given = environ.get(_env_name(flag), "").lower() in ("1", "true", "yes")
+        parser.add_argument(flag, dest=field, action="store_const", const=value,
+                            default=value if given else getattr(defaults, field), help=help_text)
+    origins = environ.get("MLX_SERVER_CORS_ORIGINS", "")
+    parser.add_argument("--cors-origins", dest="cors_origins", default=origins,
+                        help="comma-separated origins browsers may call from (default: none)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(host=args.host, port=args.port, model=args.model,
-                    fallback_model=args.fallback_model or None, engine=args.engine,
-                    cpu_weights=args.cpu_weights,
-                    fake_replies=args.fake_replies, cache_dir=args.cache_dir,
-                    max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
-                    max_image_bytes=args.max_image_bytes,
-                    allow_private_image_urls=args.allow_private_image_urls, log_level=args.log_level)
+    values = {field.name: getattr(args, field.name) for field in attrs.fields(Settings)
+              if hasattr(args, field.name)}
+    values["fallback_model"] = values.get("fallback_model") or None
+    values["api_key"] = values.get("api_key") or None
+    values["cors_origins"] = tuple(o.strip() for o in str(values.get("cors_origins", "")).split(",")
+                                   if o.strip())
+    return Settings(**values)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """For ASGI servers that import the app (gunicorn, uvicorn --factory): MLX_SERVER_* vars."""
     parser = argparse.ArgumentParser()
-    env = os.environ if environ is None else environ
-    add_serve_arguments(parser, env)
-    args = parser.parse_args(_env_flags(env))
-    return settings_from_args(args)
+    add_serve_arguments(parser, os.environ if environ is None else environ)
+    return settings_from_args(parser.parse_args([]))
 
 
-def _cache_dir(environ: Mapping[str, str]) -> Path:
-    if explicit := environ.get("MLX_SERVER_CACHE_DIR"):
-        return Path(explicit).expanduser()
-    base = environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(base) / "mlx-server"
-
-
-def _env_flags(environ: Mapping[str, str]) -> Sequence[str]:
-    replies = environ.get("MLX_SERVER_FAKE_REPLIES")
-    return ["--fake-replies", replies] if replies else []
+def _env_name(flag: str) -> str:
+    return "MLX_SERVER_" + flag.lstrip("-").replace("-", "_").upper()

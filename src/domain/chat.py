@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 
 import attrs
 
 from .completion import (
     Completion,
     FinishReason,
+    GenerationStep,
     StreamEnd,
     StreamEvent,
     StreamStart,
     TextDelta,
+    TokenLogprob,
     Usage,
 )
 from .conversation import ChatRequest, ImagePart, SamplingParams, ToolChoiceMode
@@ -27,7 +30,9 @@ from .ports import (
     ImageLoader,
     InferenceEngine,
     LoadedImage,
+    Metrics,
     ModelCatalog,
+    NoMetrics,
     PreparedPrompt,
     PromptInput,
 )
@@ -54,16 +59,32 @@ class ChatService:
     ids: IdSource
     worker: GenerationWorker = attrs.field(factory=GenerationWorker)
     images: ImageLoader | None = None
+    metrics: Metrics = attrs.field(factory=NoMetrics)
     max_tokens_cap: int = 4096  # completion length when the request sets none
+
+    last_used: float = 0.0  # clock time of the last request (idle unload)
+
+    def __attrs_post_init__(self) -> None:
+        self.worker.loaded = lambda: self.engine.loaded.id if self.engine.loaded else None
+        self.last_used = self.clock.now()
 
     @property
     def loaded_model(self) -> ModelRef | None:
         return self.engine.loaded
 
+    async def unload_if_idle(self, seconds: float) -> bool:
+        """Free the model when no request came for `seconds`; the next request loads it again."""
+        if self.engine.loaded is None or self.worker.busy or self.worker.queued:
+            return False
+        if self.clock.now() - self.last_used < seconds:
+            return False
+        await self.worker.call(self.engine.unload)
+        return True
+
     async def load(self, name: str) -> ModelRef:
         """Make `name` the model in memory (swapping out the current one) and return it."""
         model = await asyncio.to_thread(self.catalog.resolve, name)
-        await self.worker.call(lambda: self._ensure_loaded(model))
+        await self.worker.call(lambda: self._ensure_loaded(model), model=model.id)
         return model
 
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
@@ -73,27 +94,32 @@ class ChatService:
         model = await asyncio.to_thread(self.catalog.resolve, request.model)
         plan_tools(request, model)  # refuse tools the model cannot call before loading anything
         images = await self._load_images(request, model)  # before queueing for the engine
+        self.last_used = self.clock.now()
         events = self.worker.run(lambda cancelled: _engine_faults(
-            self._generate(request, images, model, cancelled)))
+            self._generate(request, images, model, cancelled)), model=model.id)
+        self.metrics.queue_depth(self.worker.queued)
         first = await anext(events)
         return _chain(first, events)
 
     async def complete(self, request: ChatRequest) -> Completion:
         """The stream, assembled: streaming and not always agree."""
         events: list[ToolEvent] = []
+        logprobs: list[TokenLogprob] = []
         start: StreamStart | None = None
         async for event in await self.open_stream(request):
             if isinstance(event, StreamStart):
                 start = event
             elif isinstance(event, TextDelta):
                 events.append(ContentPiece(event.text))
+                logprobs.extend(event.logprobs)
             elif isinstance(event, CallStarted | CallArguments):
                 events.append(event)
             elif start is not None:
                 reply = assemble(events)
                 return Completion(id=start.id, created=start.created, model=start.model,
                                   text=reply.content, finish_reason=event.finish_reason,
-                                  usage=event.usage, tool_calls=reply.calls)
+                                  usage=event.usage, tool_calls=reply.calls,
+                                  logprobs=tuple(logprobs) if request.sampling.logprobs else None)
         raise EngineFailure("generation ended without finishing")
 
     def _ensure_loaded(self, model: ModelRef) -> ModelRef:
@@ -101,7 +127,9 @@ class ChatService:
         loaded = self.engine.loaded
         if loaded is not None and loaded.id == model.id:
             return loaded
+        started = self.clock.now()
         self.engine.load(self.catalog.fetch(model))
+        self.metrics.swap(model.id, self.clock.now() - started)
         return self.engine.loaded or model
 
     async def _load_images(self, request: ChatRequest, model: ModelRef) -> tuple[LoadedImage, ...]:
@@ -133,25 +161,31 @@ class ChatService:
                                                  plan.prefix))
         params = attrs.evolve(request.sampling,
                               max_tokens=self._completion_budget(prompt, request.sampling, model))
-        yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()), model=model.id)
         run = _Run(plan, self.ids.tool_call_id, params.stop)
-        yield from run.take(run.parser.feed(plan.prefix))  # the model's output continues it
-        produced, reason = 0, FinishReason.LENGTH
+        started = self.clock.now()
         with contextlib.closing(self.engine.generate(prompt, params)) as steps:
-            for step in steps:
-                produced += step.token is not None
-                text, stopped = run.matcher.feed(step.text)
-                yield from run.take(run.parser.feed(text))
-                if stopped or step.finish_reason is not None or run.done:
-                    reason = FinishReason.STOP if stopped else step.finish_reason or reason
-                    break
-                if cancelled():
-                    return
+            # NOTE: the first step runs the prefill; a setup error (say, a JSON schema the
+            # grammar engine cannot compile) still gets a proper status line this way
+            first = next(steps, None)
+            first_token = self.clock.now()
+            yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
+                              model=model.id)
+            yield from run.take(run.parser.feed(plan.prefix))  # the model's output continues it
+            produced, reason = yield from run.consume(itertools.chain([first] if first else [], steps),
+                                                      cancelled)
+        if produced < 0:
+            self.metrics.cancelled(model.id)
+            return  # nobody is listening
         if not run.done:
             yield from run.take(run.parser.feed(run.matcher.flush()) + run.parser.finish())
+        yield from run.take([], final=True)
         reason = FinishReason.TOOL_CALLS if run.calls else reason
         if run.parser.rejected:  # counted; returned to the client as content, never lost
             log.warning("%s: %d tool call block(s) rejected", model.id, run.parser.rejected)
+        self.metrics.generation(model.id, prompt_tokens=prompt.token_count,
+                                cached_tokens=prompt.cached_tokens, completion_tokens=produced,
+                                ttft=first_token - started,
+                                decode_seconds=self.clock.now() - first_token)
         yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
                         rejected_calls=run.parser.rejected)
 
@@ -172,7 +206,8 @@ class ChatService:
 
 
 class _Run:
-    """One generation's text pipeline: stop sequences, then tool-call parsing."""
+    """One generation's text pipeline: stop sequences, then tool-call parsing; token log
+    probabilities ride on the next content delta."""
 
     def __init__(self, plan: ToolPlan, new_id: Callable[[], str], stops: tuple[str, ...]) -> None:
         self.plan = plan
@@ -181,12 +216,35 @@ class _Run:
                                          else PlainText())
         self.calls = 0
         self.done = False  # parallel_tool_calls false: the first call ends the turn
+        self.logprobs: list[TokenLogprob] = []
 
-    def take(self, events: list[ToolEvent]) -> Generator[StreamEvent, None, None]:
+    def consume(
+        self, steps: Iterable[GenerationStep], cancelled: Cancelled
+    ) -> Generator[StreamEvent, None, tuple[int, FinishReason]]:
+        """Feed engine steps through the pipeline; return (tokens produced, finish reason), or
+        (-1, ...) when the client went away."""
+        produced = 0
+        for step in steps:
+            produced += step.token is not None
+            if step.logprob is not None:
+                self.logprobs.append(step.logprob)
+            text, stopped = self.matcher.feed(step.text)
+            yield from self.take(self.parser.feed(text))
+            if stopped or step.finish_reason is not None or self.done:
+                return produced, FinishReason.STOP if stopped else step.finish_reason or FinishReason.LENGTH
+            if cancelled():
+                return -1, FinishReason.STOP
+        return produced, FinishReason.LENGTH
+
+    def take(self, events: list[ToolEvent], final: bool = False) -> Generator[StreamEvent, None, None]:
+        if final and self.logprobs:  # log probabilities of tokens no content followed
+            yield TextDelta("", tuple(self.logprobs))
+            self.logprobs.clear()
         for event in events:
             if isinstance(event, ContentPiece):
                 if event.text and not self.done:
-                    yield TextDelta(event.text)
+                    yield TextDelta(event.text, tuple(self.logprobs))
+                    self.logprobs.clear()
                 continue
             if self.plan.single_call and event.index > 0:
                 continue  # NOTE: a second call in the same block is dropped, not turned to text

@@ -28,6 +28,23 @@ class Usage:
 
 
 @attrs.frozen
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None
+
+
+@attrs.frozen
+class TokenLogprob:
+    """A generated token's log probability, with the most likely alternatives if asked for."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@attrs.frozen
 class GenerationStep:
     """One token from an engine: the text it adds (may be empty mid-character). A step without
     a `token` only flushes text or reports the finish; it is not counted as generated."""
@@ -35,6 +52,7 @@ class GenerationStep:
     text: str
     token: int | None = None
     finish_reason: FinishReason | None = None
+    logprob: TokenLogprob | None = None  # only when the request asked for logprobs
 
 
 @attrs.frozen
@@ -47,6 +65,7 @@ class StreamStart:
 @attrs.frozen
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens since the previous delta
 
 
 @attrs.frozen
@@ -68,3 +87,4 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None  # None: not requested

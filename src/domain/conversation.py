@@ -77,12 +77,28 @@ class ToolChoice:
 
 
 @attrs.frozen
+class ResponseFormat:
+    """Constrained output: any JSON object, or JSON valid against `schema`."""
+
+    schema: Mapping[str, Any] | None = None  # None: any JSON object
+
+
+@attrs.frozen
 class SamplingParams:
     temperature: float | None = None  # None: the model's own default
     top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     seed: int | None = None
     max_tokens: int | None = None  # None: up to the context left, capped by the server
     stop: tuple[str, ...] = ()
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: Mapping[int, float] = attrs.field(factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: ResponseFormat | None = None
 
 
 @attrs.frozen

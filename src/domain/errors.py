@@ -50,6 +50,13 @@ class ModelUnavailable(DomainError):
     code = "model_unavailable"
 
 
+class ServerBusy(DomainError):
+    """The queue is full, or a request waited longer than the server allows: try again later."""
+
+    code = "server_busy"
+    retry_after = 5  # seconds, sent as Retry-After
+
+
 class EngineFailure(DomainError):
     """Inference broke while generating: a server fault, never the client's."""
 

@@ -100,3 +100,35 @@ class IdSource(Protocol):
     def completion_id(self) -> str: ...
 
     def tool_call_id(self) -> str: ...
+
+
+class Metrics(Protocol):
+    """What the use case reports as it works; an adapter exposes it (Prometheus)."""
+
+    def generation(self, model: str, *, prompt_tokens: int, cached_tokens: int,
+                   completion_tokens: int, ttft: float, decode_seconds: float) -> None:
+        """One finished generation: token counts, time to first token, time spent decoding."""
+
+    def swap(self, model: str, seconds: float) -> None:
+        """A model was loaded (after the previous one was released)."""
+
+    def cancelled(self, model: str) -> None:
+        """A client went away before its generation finished."""
+
+    def queue_depth(self, waiting: int) -> None:
+        """Requests waiting for the model right now."""
+
+
+class NoMetrics:
+    def generation(self, model: str, *, prompt_tokens: int, cached_tokens: int,
+                   completion_tokens: int, ttft: float, decode_seconds: float) -> None:
+        pass
+
+    def swap(self, model: str, seconds: float) -> None:
+        pass
+
+    def cancelled(self, model: str) -> None:
+        pass
+
+    def queue_depth(self, waiting: int) -> None:
+        pass

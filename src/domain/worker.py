@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, TypeVar
 
 import attrs
+
+from .errors import ServerBusy
+from .scheduling import next_job
 
 T = TypeVar("T")
 Cancelled = Callable[[], bool]
@@ -23,39 +26,60 @@ class _Job:
     produce: Producer[Any]
     cancelled: threading.Event
     push: Callable[[tuple[str, Any]], None]
+    model: str | None  # the model the job needs loaded, if any
+    since: float  # when it was queued (time.monotonic)
+
+
+@attrs.define
+class QueuePolicy:
+    max_queue: int = 16  # waiting jobs beyond the running one; more is 503 server_busy
+    queue_timeout: float = 600.0  # seconds a job may wait before it is answered 503 instead
+    max_jumps: int = 4  # later jobs for the loaded model served before an older one's swap
 
 
 class GenerationWorker:
-    """Runs jobs one at a time, in arrival order, on a single dedicated thread.
+    """Runs jobs one at a time on a single dedicated thread, in arrival order but swap-aware
+    (see scheduling.next_job), from a bounded queue.
 
     A job is a generator function; each item it yields is handed to the awaiting coroutine through
     an asyncio queue. When the consumer goes away (client disconnect), the job sees `cancelled()`
-    turn true and its generator is closed after the current item.
+    turn true and its generator is closed after the current item; a job still waiting is dropped.
     """
 
-    def __init__(self, name: str = "mlx-generation") -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve_forever, name=name, daemon=True)
-        self._started = False
-        self._lock = threading.Lock()
+    def __init__(self, policy: QueuePolicy | None = None, name: str = "mlx-generation",
+                 loaded: Callable[[], str | None] = lambda: None) -> None:
+        self.policy = policy or QueuePolicy()
+        self.loaded = loaded  # which model is in memory: lets the scheduler avoid swaps
+        self._waiting: list[_Job] = []
+        self._wakeup = threading.Condition()
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.busy = False  # a job is running
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
 
     def start(self) -> None:
-        with self._lock:
-            if not self._started:
+        with self._wakeup:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._serve_forever, name=self._name,
+                                                daemon=True)
                 self._thread.start()
-                self._started = True
 
     def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._jobs.put(None)
-                self._thread.join()
-                self._started = False
-                self._thread = threading.Thread(target=self._serve_forever, name=self._thread.name,
-                                                daemon=True)
+        with self._wakeup:
+            thread, self._thread = self._thread, None
+            self._stopping = True
+            self._wakeup.notify_all()
+        if thread is not None:
+            thread.join()
 
-    async def run(self, produce: Producer[T]) -> AsyncIterator[T]:
-        """Run `produce` on the worker thread and yield what it yields."""
+    async def run(self, produce: Producer[T], *, model: str | None = None) -> AsyncIterator[T]:
+        """Run `produce` on the worker thread and yield what it yields. Raises ServerBusy when
+        the queue is full or the job waited too long."""
         self.start()
         loop = asyncio.get_running_loop()
         results: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -65,7 +89,7 @@ class GenerationWorker:
             with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody listens
                 loop.call_soon_threadsafe(results.put_nowait, message)
 
-        self._jobs.put(_Job(produce, cancelled, push))
+        self._enqueue(_Job(produce, cancelled, push, model, time.monotonic()))
         try:
             while True:
                 kind, value = await results.get()
@@ -78,25 +102,59 @@ class GenerationWorker:
         finally:
             cancelled.set()
 
-    async def call(self, fn: Callable[[], T]) -> T:
+    async def call(self, fn: Callable[[], T], *, model: str | None = None) -> T:
         """Run one function on the worker thread and return its result."""
 
         def once(_: Cancelled) -> Generator[T, None, None]:
             yield fn()
 
-        async for result in self.run(once):
+        async for result in self.run(once, model=model):
             return result
         raise RuntimeError("worker job ended without a result")  # pragma: no cover
 
+    def _enqueue(self, job: _Job) -> None:
+        with self._wakeup:
+            self._waiting = [w for w in self._waiting if not w.cancelled.is_set()]
+            if len(self._waiting) >= self.policy.max_queue:
+                raise ServerBusy(f"The server is busy: {len(self._waiting)} requests are waiting "
+                                 "for the model. Retry shortly.")
+            self._waiting.append(job)
+            self._wakeup.notify()
+
     def _serve_forever(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            self._serve(job)
+        jumps = 0
+        while (picked := self._next(jumps)) is not None:
+            job, jumped = picked
+            jumps = jumps + 1 if jumped else 0
+            waited = time.monotonic() - job.since
+            if waited > self.policy.queue_timeout:
+                job.push((_ERROR, ServerBusy(
+                    f"The request waited {waited:.0f} s for the model, longer than the server's "
+                    f"queue timeout of {self.policy.queue_timeout:.0f} s. Retry shortly.")))
+                continue
+            self.busy = True
+            try:
+                self._serve(job)
+            finally:
+                self.busy = False
+
+    def _next(self, jumps: int) -> tuple[_Job, bool] | None:
+        with self._wakeup:
+            while True:
+                for job in [w for w in self._waiting if w.cancelled.is_set()]:
+                    self._waiting.remove(job)
+                    job.push((_DONE, None))
+                if self._waiting:
+                    break
+                if self._stopping:
+                    return None
+                self._wakeup.wait()
+            index = next_job([job.model for job in self._waiting], self.loaded(), jumps,
+                             self.policy.max_jumps)
+            return self._waiting.pop(index), index > 0
 
     @staticmethod
     def _serve(job: _Job) -> None:
-        if job.cancelled.is_set():
-            job.push((_DONE, None))
-            return
         try:
             with contextlib.closing(job.produce(job.cancelled.is_set)) as items:
                 for item in items:

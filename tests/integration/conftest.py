@@ -16,6 +16,6 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def client(engine: FakeEngine) -> falcon.testing.TestClient:
-    app = build(Settings(engine="fake", max_body_bytes=4096), engine=engine, clock=FixedClock(),
+    app = build(Settings(engine="fake", max_body_mb=4096 / 2**20), engine=engine, clock=FixedClock(),
                 ids=CountingIds())
     return falcon.testing.TestClient(app)

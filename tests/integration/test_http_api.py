@@ -9,6 +9,7 @@ import falcon.testing
 import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.domain.completion import GenerationStep
 
 GEMMA = "mlx-community/gemma-3-4b-it-4bit"
 USER = [{"role": "user", "content": "hi there"}]
@@ -104,9 +105,15 @@ def test_stream_without_usage_has_no_usage_chunk(client: falcon.testing.TestClie
     ({"model": "gemma", "messages": USER, "temperature": 3}, "temperature", "invalid_value"),
     ({"model": "gemma", "messages": USER, "max_tokens": 0}, "max_tokens", "invalid_value"),
     ({"model": 5, "messages": USER}, "model", "invalid_type"),
-    ({"model": "gemma", "messages": USER, "logprobs": True}, "logprobs", "unsupported_parameter"),
-    ({"model": "gemma", "messages": USER, "response_format": {"type": "json_object"}},
-     "response_format", "unsupported_parameter"),
+    ({"model": "gemma", "messages": USER, "audio": {"voice": "alloy"}}, "audio",
+     "unsupported_parameter"),
+    ({"model": "gemma", "messages": USER, "service_tier": "flex"}, "service_tier",
+     "unsupported_parameter"),
+    ({"model": "gemma", "messages": USER, "logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
+    ({"model": "gemma", "messages": USER, "top_logprobs": 2}, "logprobs",
+     "missing_required_parameter"),
+    ({"model": "gemma", "messages": USER, "presence_penalty": 3}, "presence_penalty",
+     "invalid_value"),
     ({"model": "gemma", "messages": USER, "tool_choice": "required"}, "tool_choice",
      "invalid_value"),
 ])
@@ -117,7 +124,7 @@ def test_bad_requests_are_400_naming_the_param(client: falcon.testing.TestClient
 
 def test_unknown_fields_and_no_op_values_are_tolerated(client: falcon.testing.TestClient) -> None:
     result = chat(client, some_future_field={"x": 1}, logprobs=False, presence_penalty=0,
-                  user="u1", metadata={"k": "v"}, store=False)
+                  user="u1", metadata={"k": "v"}, store=False, service_tier="auto")
     assert result.status_code == 200
 
 
@@ -157,12 +164,18 @@ def test_fake_replies_are_emitted_raw_and_cycle() -> None:
 def test_engine_crash_midstream_is_reported_in_band(engine: FakeEngine,
                                                     client: falcon.testing.TestClient) -> None:
     def broken(*args: object) -> Any:
-        yield from ()
+        yield GenerationStep("partial", 1)
         raise RuntimeError("boom")
+
+    def broken_at_once(*args: object) -> Any:
+        raise RuntimeError("boom")
+        yield  # a generator
 
     engine.generate = broken  # type: ignore[method-assign]
     chunks = events(chat(client, stream=True))
     assert chunks[-1]["error"]["type"] == "server_error"
     assert_error(chat(client), 500, "engine_failure")
+    engine.generate = broken_at_once  # type: ignore[method-assign]
+    assert_error(chat(client, stream=True), 500, "engine_failure")  # before any byte: a status
     engine.generate = FakeEngine().generate  # type: ignore[method-assign]
     assert chat(client).status_code == 200

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import falcon
 import falcon.asgi
 import yaml
@@ -14,29 +15,47 @@ import yaml
 from ...domain.chat import ChatService
 from ...domain.errors import DomainError
 from ...domain.ports import ModelCatalog
+from ..metrics import PrometheusMetrics
 from . import errors
 from .codec import ChatCodec
 from .errors import AsgiApp
+from .observability import MetricsResource, ObservabilityMiddleware
 from .resources import (
     ChatCompletionsResource,
     HealthResource,
     ModelsResource,
     SpecResource,
 )
+from .security import ApiKeyAuth
 
 log = logging.getLogger(__name__)
 
 
-class Lifecycle:
-    """Preloads the startup model (or its fallback) and stops the generation thread on shutdown."""
+@attrs.frozen
+class HttpOptions:
+    max_body_bytes: int = 64 * 1024 * 1024
+    preload: str | None = None  # model loaded at startup
+    fallback: str | None = None  # loaded instead when `preload` cannot be had
+    api_key: str | None = None  # required on /v1/* when set
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed; none by default
+    idle_unload: float = 0.0  # free the model after this many idle seconds; 0: never
 
-    def __init__(self, service: ChatService, preload: str | None, fallback: str | None) -> None:
-        self._service = service
+
+class Lifecycle:
+    """Preloads the startup model (or its fallback), frees an idle model, and stops the generation
+    thread on shutdown."""
+
+    def __init__(self, service: ChatService, options: HttpOptions) -> None:
+        self._service, self._options = service, options
+        preload, fallback = options.preload, options.fallback
         self._candidates = [name for name in (preload, fallback) if name]
         if preload is None or fallback == preload:
             self._candidates = self._candidates[:1] if preload else []
+        self._idle_task: asyncio.Task[None] | None = None
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        if self._options.idle_unload > 0:
+            self._idle_task = asyncio.create_task(self._unload_when_idle(self._options.idle_unload))
         for position, name in enumerate(self._candidates):
             try:
                 model = await self._service.load(name)
@@ -48,22 +67,40 @@ class Lifecycle:
                 log.info("model %s loaded", model.id)
                 return
 
+    async def _unload_when_idle(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(min(seconds / 4, 30.0))
+            if await self._service.unload_if_idle(seconds):
+                log.info("model unloaded after %.0f s without requests", seconds)
+
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         await asyncio.to_thread(self._service.worker.stop)  # joins the generation thread
 
 
-def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str, *,
-               max_body_bytes: int, preload: str | None = None,
-               fallback: str | None = None,
-               backend: Callable[[], Mapping[str, str]] = dict) -> AsgiApp:
+def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
+               options: HttpOptions = HttpOptions(), *,
+               backend: Callable[[], Mapping[str, str]] = dict,
+               metrics: PrometheusMetrics | None = None) -> AsgiApp:
     codec = ChatCodec(yaml.safe_load(spec_text))
-    app: AsgiApp = falcon.asgi.App(middleware=Lifecycle(service, preload, fallback), cors_enable=True)
+    middleware: list[Any] = [Lifecycle(service, options)]
+    if options.cors_origins:
+        origins = "*" if "*" in options.cors_origins else list(options.cors_origins)
+        middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Retry-After"]))
+    if options.api_key:
+        middleware.append(ApiKeyAuth(options.api_key))
+    middleware.insert(0, ObservabilityMiddleware(metrics))  # first in, last out: sees it all
+    app: AsgiApp = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     models = ModelsResource(service, catalog, codec)
     app.add_route("/health", HealthResource(service, backend))
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
-    app.add_route("/v1/chat/completions", ChatCompletionsResource(service, codec, max_body_bytes))
+    app.add_route("/v1/chat/completions",
+                  ChatCompletionsResource(service, codec, options.max_body_bytes))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
+    if metrics is not None:
+        app.add_route("/metrics", MetricsResource(metrics))
     errors.install(app)
     return app

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cattrs
 
-from ...domain.completion import Completion, Usage
+from ...domain.completion import Completion, TokenLogprob, Usage
 from ...domain.conversation import (
     ChatRequest,
     ImagePart,
     Message,
     Part,
+    ResponseFormat,
     Role,
     SamplingParams,
     TextPart,
@@ -61,7 +63,8 @@ class ChatCodec:
         dto = ChatCompletionDTO(
             id=completion.id, created=completion.created, model=completion.model,
             choices=[ChoiceDTO(index=0, message=message,
-                               finish_reason=completion.finish_reason.value)],
+                               finish_reason=completion.finish_reason.value,
+                               logprobs=logprobs_json(completion.logprobs))],
             usage=usage_dto(completion.usage))
         result: dict[str, Any] = self.converter.unstructure(dto)
         return result
@@ -74,6 +77,20 @@ class ChatCodec:
     def model(self, model: ModelInfo, loaded: str | None) -> dict[str, Any]:
         result: dict[str, Any] = self.converter.unstructure(model_dto(model, loaded))
         return result
+
+
+def logprobs_json(logprobs: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """OpenAI's `choices[].logprobs`: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if logprobs is None:
+        return None
+    return {"content": [{"token": lp.token, "logprob": lp.logprob, "bytes": _bytes(lp.bytes),
+                         "top_logprobs": [{"token": top.token, "logprob": top.logprob,
+                                           "bytes": _bytes(top.bytes)} for top in lp.top]}
+                        for lp in logprobs], "refusal": None}
+
+
+def _bytes(value: tuple[int, ...] | None) -> list[int] | None:
+    return list(value) if value is not None else None
 
 
 def model_dto(model: ModelInfo, loaded: str | None) -> ModelDTO:
@@ -100,14 +117,34 @@ def _to_request(dto: ChatCompletionRequestDTO) -> ChatRequest:
     return ChatRequest(
         model=dto.model,
         messages=tuple(_to_message(message) for message in dto.messages),
-        sampling=SamplingParams(temperature=dto.temperature, top_p=dto.top_p, seed=dto.seed,
-                                max_tokens=max_tokens, stop=stop),
+        sampling=_to_sampling(dto, max_tokens, stop),
         tools=tools,
         tool_choice=_to_tool_choice(dto.tool_choice, bool(tools)),
         parallel_tool_calls=dto.parallel_tool_calls is not False,
         stream=bool(dto.stream),
         include_usage=bool(dto.stream_options and dto.stream_options.include_usage),
     )
+
+
+def _to_sampling(dto: ChatCompletionRequestDTO, max_tokens: int | None,
+                 stop: tuple[str, ...]) -> SamplingParams:
+    return SamplingParams(
+        temperature=dto.temperature, top_p=dto.top_p, top_k=dto.top_k or None, min_p=dto.min_p,
+        seed=dto.seed, max_tokens=max_tokens, stop=stop, repetition_penalty=dto.repetition_penalty,
+        presence_penalty=dto.presence_penalty or None, frequency_penalty=dto.frequency_penalty or None,
+        logit_bias={int(token): bias for token, bias in (dto.logit_bias or {}).items()},
+        logprobs=bool(dto.logprobs), top_logprobs=dto.top_logprobs or 0,
+        response_format=_to_response_format(dto.response_format))
+
+
+def _to_response_format(value: dict[str, Any] | None) -> ResponseFormat | None:
+    kind = (value or {}).get("type", "text")
+    if kind == "json_object":
+        return ResponseFormat()
+    if kind == "json_schema":
+        schema = (value or {}).get("json_schema", {}).get("schema")
+        return ResponseFormat(schema if isinstance(schema, dict) else {"type": "object"})
+    return None
 
 
 def _to_message(dto: MessageDTO) -> Message:

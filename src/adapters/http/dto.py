@@ -95,7 +95,16 @@ class ChatCompletionRequestDTO:
     max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
     seed: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     n: int | None = None
     tools: list[ToolDTO] | None = None
@@ -122,7 +131,7 @@ class ChoiceDTO:
     index: int
     message: ResponseMessageDTO
     finish_reason: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 @attrs.frozen

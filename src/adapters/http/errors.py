@@ -13,19 +13,20 @@ from ...domain.errors import (
     EngineFailure,
     ModelNotFound,
     ModelUnavailable,
+    ServerBusy,
 )
 
 log = logging.getLogger(__name__)
 AsgiApp = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
-_HTTP_CODES = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large",
-               415: "unsupported_media_type", 400: "invalid_request"}
+_HTTP_CODES = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed",
+               413: "request_too_large", 415: "unsupported_media_type", 400: "invalid_request"}
 
 
 def status_of(error: DomainError) -> int:
     if isinstance(error, ModelNotFound):
         return 404
-    if isinstance(error, ModelUnavailable):
+    if isinstance(error, ModelUnavailable | ServerBusy):
         return 503
     if isinstance(error, EngineFailure):
         return 500
@@ -48,6 +49,8 @@ async def on_domain_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         log.error("inference failed: %s", error.message)
     resp.status = status_of(error)
     resp.media = domain_envelope(error)
+    if isinstance(error, ServerBusy):
+        resp.set_header("Retry-After", str(error.retry_after))
 
 
 async def on_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,

@@ -16,6 +16,7 @@ from ...domain.models import ModelInfo
 from ...domain.ports import ModelCatalog
 from . import sse
 from .codec import ChatCodec
+from .observability import note_completion, observe_stream
 
 
 class HealthResource:
@@ -60,12 +61,13 @@ class ChatCompletionsResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = self._codec.chat_request(await read_json(req, self._max_body))
         if not request.stream:
-            resp.media = self._codec.completion(await self._service.complete(request))
+            completion = note_completion(req, await self._service.complete(request))
+            resp.media = self._codec.completion(completion)
             return
         events = await self._service.open_stream(request)
         resp.content_type = "text/event-stream"
         resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        resp.stream = sse.render(events, request.include_usage)
+        resp.stream = sse.render(observe_stream(req, events), request.include_usage)
 
 
 class SpecResource:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
 from ...domain.errors import DomainError, EngineFailure
 from ...domain.tool_types import CallArguments, CallStarted
-from .codec import usage_dto
+from .codec import logprobs_json, usage_dto
 from .dto import make_converter
 from .errors import domain_envelope
 
@@ -32,16 +32,17 @@ class ChunkWriter:
         self._tail = (',"usage":null}\n\n' if include_usage else "}\n\n")
         self._include_usage = include_usage
 
-    def choice(self, delta: str, finish_reason: str | None = None) -> bytes:
+    def choice(self, delta: str, finish_reason: str | None = None, logprobs: str = "null") -> bytes:
         reason = "null" if finish_reason is None else f'"{finish_reason}"'
-        return (self._head + '[{"index":0,"delta":' + delta + ',"logprobs":null,"finish_reason":'
-                + reason + "}]" + self._tail).encode()
+        return (self._head + '[{"index":0,"delta":' + delta + ',"logprobs":' + logprobs
+                + ',"finish_reason":' + reason + "}]" + self._tail).encode()
 
     def first(self) -> bytes:
         return self.choice('{"role":"assistant","content":""}')
 
-    def text(self, text: str) -> bytes:
-        return self.choice('{"content":' + _dumps(text) + "}")
+    def text(self, event: TextDelta) -> bytes:
+        logprobs = _dumps(logprobs_json(event.logprobs)) if event.logprobs else "null"
+        return self.choice('{"content":' + _dumps(event.text) + "}", logprobs=logprobs)
 
     def call_started(self, event: CallStarted) -> bytes:
         return self.choice('{"tool_calls":[{"index":' + str(event.index) + ',"id":' + _dumps(event.id)
@@ -65,7 +66,7 @@ async def render(events: AsyncIterator[StreamEvent], include_usage: bool) -> Asy
     try:
         async for event in _closing(events):
             if isinstance(event, TextDelta) and writer is not None:
-                yield writer.text(event.text)
+                yield writer.text(event)
             elif isinstance(event, StreamStart):
                 writer = ChunkWriter(event, include_usage)
                 yield writer.first()

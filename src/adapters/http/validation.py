@@ -13,12 +13,6 @@ from ...domain.errors import InvalidRequest
 # OpenAI request fields this server does not implement: accepted only at their no-op value
 # (openapi.yaml declares the same no-op-only schemas, so the contract and this table agree).
 UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "response_format": ({"type": "text"},),
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
-    "logit_bias": ({},),
     "audio": (),
     "modalities": (["text"],),
     "prediction": (),

