@@ -5,8 +5,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.tiny_models import build_gemma3, build_qwen3_vl
+
+# NOTE: wall-clock deadlines make property tests flaky on shared 2-core machines; the properties,
+# not their speed, are what these tests check
+settings.register_profile("mlx-server", deadline=None)
+settings.load_profile("mlx-server")
 
 # Tests never reach the Hugging Face hub, and MLX's kernel JIT costs more than it saves on
 # the tiny test models. Set before anything imports huggingface_hub or mlx.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Generator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
@@ -15,7 +16,7 @@ from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolS
 from ..domain.errors import InvalidRequest, ModelUnavailable
 from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
-from .dequantize import dequantize_for_cpu
+from .dequantize import available_memory_bytes, dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
 from .structured import json_logits_processor
 
@@ -44,7 +45,8 @@ class MlxEngine:
     def load(self, model: ModelRef) -> None:
         from mlx_vlm.utils import load
 
-        self.unload()
+        self.unload()  # first: the memory check below counts what the old model held
+        _check_fits(model, available_memory_bytes())
         log.info("loading %s from %s", model.id, model.source)
         try:
             self._model, self._processor = load(model.source)
@@ -163,6 +165,18 @@ class _Payload(dict[str, Any]):
     def __init__(self, inputs: Mapping[str, Any], plan: CachePlan | None) -> None:
         super().__init__(inputs)
         self.plan = plan
+
+
+def _check_fits(model: ModelRef, available: int | None, headroom: float = 0.9) -> None:
+    """Refuse a model whose weight files alone exceed the memory there is, instead of letting the
+    load push the machine into swap or the OOM killer."""
+    files = Path(model.source).glob("*.safetensors") if Path(model.source).is_dir() else []
+    needed = sum(path.stat().st_size for path in files)
+    if available is not None and needed > headroom * available:
+        raise ModelUnavailable(
+            f"The model {model.id!r} needs about {needed / 2**30:.1f} GiB for its weights, but only "
+            f"{available / 2**30:.1f} GiB of memory is available. Free memory, or choose a smaller "
+            "model.", param="model")
 
 
 def _sampling(params: SamplingParams) -> dict[str, Any]:

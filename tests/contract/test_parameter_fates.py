@@ -16,6 +16,7 @@ import yaml
 from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
+from tests.support.http import ConnectedTestClient
 
 ROOT = Path(__file__).parents[2]
 PROPERTIES = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"][
@@ -42,7 +43,7 @@ REFUSED: dict[str, Any] = {
 
 @pytest.fixture
 def client() -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(build(Settings(engine="fake"), engine=FakeEngine()))
+    return ConnectedTestClient(build(Settings(engine="fake"), engine=FakeEngine()))
 
 
 def test_every_property_has_a_fate_in_the_readme() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.domain.completion import GenerationStep
+from tests.support.http import ConnectedTestClient
 
 GEMMA = "mlx-community/gemma-3-4b-it-4bit"
 USER = [{"role": "user", "content": "hi there"}]
@@ -156,7 +157,7 @@ def test_fake_replies_are_emitted_raw_and_cycle() -> None:
     from mlx_server.app.config import Settings
 
     app = build(Settings(engine="fake"), engine=FakeEngine(["first", "second"]))
-    client = falcon.testing.TestClient(app)
+    client = ConnectedTestClient(app)
     texts = [chat(client).json["choices"][0]["message"]["content"] for _ in range(3)]
     assert texts == ["first", "second", "first"]
 

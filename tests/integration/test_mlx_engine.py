@@ -18,6 +18,7 @@ from mlx_server.app.bootstrap import build, build_service
 from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import ChatRequest, Message, Role, SamplingParams, TextPart
 from mlx_server.domain.models import Family, ModelRef
+from tests.support.http import ConnectedTestClient
 
 pytestmark = pytest.mark.slow
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -40,7 +41,7 @@ def engine() -> MlxEngine:
 @pytest.fixture(scope="module")
 def client(engine: MlxEngine, catalog: StaticCatalog) -> falcon.testing.TestClient:
     settings = Settings(allow_private_image_urls=True)  # the tests' image server is on loopback
-    return falcon.testing.TestClient(build(settings, engine=engine, catalog=catalog))
+    return ConnectedTestClient(build(settings, engine=engine, catalog=catalog))
 
 
 def chat(client: falcon.testing.TestClient, **body: Any) -> falcon.testing.Result:
@@ -145,7 +146,17 @@ def test_a_corrupt_checkpoint_is_503_and_the_server_keeps_serving(
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     catalog = StaticCatalog({"broken": ModelRef("broken", str(broken), Family.GEMMA3),
                              "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3)})
-    client = falcon.testing.TestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
+    client = ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
     result = chat(client, model="broken", messages=PARIS, max_tokens=2)
     assert result.status_code == 503 and result.json["error"]["code"] == "model_unavailable"
     assert chat(client, model="gemma3", messages=PARIS, max_tokens=2).status_code == 200
+
+
+def test_a_model_bigger_than_memory_is_refused_with_the_numbers(tiny_gemma3: Path) -> None:
+    from mlx_server.adapters.mlx_engine import _check_fits
+    from mlx_server.domain.errors import ModelUnavailable
+
+    model = ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3)
+    _check_fits(model, available=10**9)  # 0.2 MB of weights fit in 1 GB
+    with pytest.raises(ModelUnavailable, match=r"needs about 0\.0 GiB .* only 0\.0 GiB"):
+        _check_fits(model, available=1000)

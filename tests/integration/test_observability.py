@@ -13,6 +13,7 @@ from mlx_server.adapters.http import observability
 from mlx_server.adapters.metrics import PrometheusMetrics
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
+from tests.support.http import ConnectedTestClient
 
 USER = [{"role": "user", "content": "hi there"}]
 FIELDS = {"id", "method", "route", "status", "model", "prompt_tokens", "completion_tokens",
@@ -26,7 +27,7 @@ def metrics() -> PrometheusMetrics:
 
 @pytest.fixture
 def client(metrics: PrometheusMetrics) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(build(Settings(engine="fake"), engine=FakeEngine(),
+    return ConnectedTestClient(build(Settings(engine="fake"), engine=FakeEngine(),
                                            metrics=metrics))
 
 

@@ -17,6 +17,7 @@ from mlx_server.adapters.mlx_engine import MlxEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from mlx_server.domain.models import Family, ModelRef
+from tests.support.http import ConnectedTestClient
 
 pytestmark = pytest.mark.slow
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -26,7 +27,7 @@ STORY = [{"role": "user", "content": "Tell me a short story."}]
 @pytest.fixture(scope="module")
 def client(smollm_dir: Path) -> falcon.testing.TestClient:
     catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192)})
-    return falcon.testing.TestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
+    return ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
 
 
 def chat(client: falcon.testing.TestClient, messages: Any = PARIS, **body: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import falcon.testing
 import pytest
 
 from mlx_server.adapters.catalog import StaticCatalog
@@ -16,6 +15,7 @@ from mlx_server.adapters.mlx_engine import MlxEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from mlx_server.domain.models import Family, ModelRef
+from tests.support.http import ConnectedTestClient
 from tests.support.images import data_uri, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ class Pair:
 
     def __init__(self, catalog: StaticCatalog) -> None:
         self.cached = MlxEngine()
-        self.clients = [falcon.testing.TestClient(build(Settings(), engine=engine, catalog=catalog))
+        self.clients = [ConnectedTestClient(build(Settings(), engine=engine, catalog=catalog))
                         for engine in (self.cached, MlxEngine(prefix_cache=False))]
 
     def ask(self, model: str, messages: list[dict[str, Any]], tokens: int = 6) -> tuple[str, int]:

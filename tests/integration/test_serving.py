@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-import falcon.testing
 import httpx
 
 from mlx_server.adapters.fake_engine import FakeEngine
@@ -14,12 +13,13 @@ from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import ChatRequest, Message, Role, TextPart
 from tests.e2e.conftest import start_server, stop_server
 from tests.support.fakes import FixedClock
+from tests.support.http import ConnectedTestClient
 
 CHAT = {"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_api_key_guards_v1_but_not_health() -> None:
-    client = falcon.testing.TestClient(build(Settings(engine="fake", api_key="s3cret"),
+    client = ConnectedTestClient(build(Settings(engine="fake", api_key="s3cret"),
                                              engine=FakeEngine()))
     denied = client.simulate_post("/v1/chat/completions", json=CHAT,
                                   headers={"Authorization": "Bearer wrong"})
@@ -32,10 +32,10 @@ def test_api_key_guards_v1_but_not_health() -> None:
 
 
 def test_cors_only_for_configured_origins() -> None:
-    closed = falcon.testing.TestClient(build(Settings(engine="fake"), engine=FakeEngine()))
+    closed = ConnectedTestClient(build(Settings(engine="fake"), engine=FakeEngine()))
     assert "access-control-allow-origin" not in closed.simulate_get(
         "/v1/models", headers={"Origin": "https://evil.example"}).headers
-    opened = falcon.testing.TestClient(build(
+    opened = ConnectedTestClient(build(
         Settings(engine="fake", cors_origins=("http://localhost:3000",)), engine=FakeEngine()))
     preflight = opened.simulate_options("/v1/chat/completions", headers={
         "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"})
@@ -73,5 +73,31 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
         assert all(a.headers["retry-after"] == "5" for a in busy)
         assert any(a.status_code == 200 for a in answers)
         assert ask().status_code == 200  # and it keeps serving
+    finally:
+        stop_server(process)
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_model_at_once(tmp_path: object) -> None:
+    import json
+    import time
+    from pathlib import Path
+
+    replies = Path(str(tmp_path)) / "replies.json"
+    replies.write_text(json.dumps([" ".join(["word"] * 200), "short answer"]))
+    process, base = start_server(["--engine", "fake", "--fake-delay", "0.05",
+                                  "--fake-replies", str(replies)])
+    try:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json={**CHAT, "stream": True},
+                          timeout=30) as stream:
+            for index, _ in enumerate(stream.iter_lines()):
+                if index > 6:
+                    break  # leave with ~190 tokens (~10 s) still to generate
+        left = time.monotonic()
+        answer = httpx.post(f"{base}/v1/chat/completions", json=CHAT, timeout=30)
+        waited = time.monotonic() - left
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"] == "short answer"
+        assert waited < 2.0, f"the next request waited {waited:.2f} s"
+        print(f"\ncancel-to-next-answer: {waited:.3f} s")
     finally:
         stop_server(process)

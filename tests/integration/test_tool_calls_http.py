@@ -12,6 +12,7 @@ from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from tests.support.fakes import CountingIds
+from tests.support.http import ConnectedTestClient
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -33,7 +34,7 @@ UNKNOWN = {"gemma": '```tool_code\nbook_flight(to="Rome")\n```',
 
 def client_for(*replies: str) -> falcon.testing.TestClient:
     app = build(Settings(engine="fake"), engine=FakeEngine(list(replies)), ids=CountingIds())
-    return falcon.testing.TestClient(app)
+    return ConnectedTestClient(app)
 
 
 def post(client: falcon.testing.TestClient, model: str, **body: Any) -> falcon.testing.Result:

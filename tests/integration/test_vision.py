@@ -13,6 +13,7 @@ from mlx_server.adapters.mlx_engine import MlxEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from mlx_server.domain.models import Family, ModelRef
+from tests.support.http import ConnectedTestClient
 from tests.support.images import data_uri, png_bytes, serve_files
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def client(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> falcon.t
         "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
     })
     app = build(Settings(allow_private_image_urls=True), engine=MlxEngine(), catalog=catalog)
-    return falcon.testing.TestClient(app)
+    return ConnectedTestClient(app)
 
 
 def image_part(url: str) -> dict[str, Any]:

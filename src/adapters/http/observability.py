@@ -138,7 +138,9 @@ class ObservabilityMiddleware:
             resp.set_header(REQUEST_ID, req.context.request_id)
         status = falcon.http_status_to_code(resp.status)
         stream = resp.stream
-        if stream is not None and not hasattr(stream, "read"):
+        if resp.sse is not None:  # logged when the stream ends (or the client goes away)
+            resp.sse = _observed_events(resp.sse, lambda: self._finish(req, status))
+        elif stream is not None and not hasattr(stream, "read"):
             resp.stream = _ObservedStream(stream, lambda: self._finish(req, status))
         else:
             self._finish(req, status)
@@ -163,6 +165,19 @@ def access_fields(req: falcon.asgi.Request, route: str, status: int,
             "completion_tokens": str(usage.completion_tokens) if usage else "-",
             "cached_tokens": str(usage.cached_tokens) if usage else "-",
             "ttft": f"{ttft:.4f}" if ttft is not None else "-", "total": f"{seconds:.4f}"}
+
+
+async def _observed_events(events: AsyncIterator[Any], done: Callable[[], None]) -> AsyncIterator[Any]:
+    """Falcon stops iterating SSE at a client that went away without closing the iterator; this
+    generator is then finalised (closed) when dropped, which ends the inner one too."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        try:
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            done()
 
 
 class _ObservedStream:

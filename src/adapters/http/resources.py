@@ -65,9 +65,8 @@ class ChatCompletionsResource:
             resp.media = self._codec.completion(completion)
             return
         events = await self._service.open_stream(request)
-        resp.content_type = "text/event-stream"
         resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        resp.stream = sse.render(observe_stream(req, events), request.include_usage)
+        resp.sse = sse.render(observe_stream(req, events), request.include_usage)
 
 
 class SpecResource:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+
+import falcon.asgi
 from collections.abc import AsyncIterator
 
 from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
@@ -61,7 +63,31 @@ class ChunkWriter:
         return chunks
 
 
-async def render(events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[bytes]:
+class RenderedEvent(falcon.asgi.SSEvent):
+    """An event whose bytes are rendered already. Chunks leave through Falcon's SSE path because
+    that path notices a client that went away (its plain stream path keeps sending into the void),
+    which is what stops the generation."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def serialize(self, handler: object = None) -> bytes:
+        return self.raw
+
+
+async def render(events: AsyncIterator[StreamEvent],
+                 include_usage: bool) -> AsyncIterator[falcon.asgi.SSEvent]:
+    chunks = _chunks(events, include_usage)
+    try:
+        async for chunk in chunks:
+            yield RenderedEvent(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _chunks(events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[bytes]:
     writer: ChunkWriter | None = None
     try:
         async for event in _closing(events):

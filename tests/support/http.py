@@ -1,0 +1,28 @@
+"""A Falcon test client whose simulated client stays connected until the response ends.
+
+Falcon's stock TestClient marks the client disconnected as soon as the request is sent; an SSE
+response (rightly) stops at a client that went away, so streams would be cut short. This one
+waits for the whole response, as a real client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import falcon.testing
+
+
+class ConnectedTestClient(falcon.testing.TestClient):
+    def simulate_request(self, *args: Any, **kwargs: Any) -> falcon.testing.Result:
+        if self._default_headers:
+            kwargs["headers"] = {**self._default_headers, **(kwargs.get("headers") or {})}
+        return asyncio.run(self._whole_response(*args, **kwargs))
+
+    async def _whole_response(self, *args: Any, **kwargs: Any) -> falcon.testing.Result:
+        async with falcon.testing.ASGIConductor(self.app) as conductor:
+            streamed = await conductor.simulate_request(*args, _stream_result=True, **kwargs)
+            await streamed._task  # NOTE: the app finished sending; only then does the client leave
+            body = await streamed.stream.read()
+            await streamed.finalize()
+        return falcon.testing.Result([body], streamed.status, list(streamed.headers.items()))
