@@ -23,6 +23,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--order", default="smollm,gemma3,qwen3",
+                        help="models to cycle through, first one loaded first (e.g. gemma3,qwen3)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     catalog = StaticCatalog({
@@ -30,7 +32,8 @@ def main() -> None:
         "gemma3": ModelRef("gemma3", str(build_gemma3(tmp / "g")), Family.GEMMA3),
         "qwen3": ModelRef("qwen3", str(build_qwen3_vl(tmp / "q")), Family.QWEN3_VL)})
     service = build_service(Settings(), engine=MlxEngine(), catalog=catalog)
-    order = ["gemma3", "qwen3", "smollm"]
+    cycle = args.order.split(",")
+    first, order = cycle[0], [*cycle[1:], cycle[0]]
 
     async def ask(model: str) -> None:
         await service.complete(ChatRequest(model=model, messages=(Message(Role.USER, (TextPart("Hi"),)),),
@@ -38,16 +41,16 @@ def main() -> None:
 
     async def run() -> None:
         before = rss_mb()
-        await ask("smollm")
-        first = rss_mb()
+        await ask(first)
+        loaded = rss_mb()
         for index in range(args.swaps):
             await ask(order[index % len(order)])
-        await ask("smollm")
+        await ask(first)
         after = rss_mb()
         print(f"RSS before any model: {before:8.1f} MB")
-        print(f"RSS after first load: {first:8.1f} MB (smollm)")
-        print(f"RSS after {args.swaps} swaps:   {after:8.1f} MB (smollm again)")
-        print(f"ratio after / first:  {after / first:8.3f}")
+        print(f"RSS after first load: {loaded:8.1f} MB ({first})")
+        print(f"RSS after {args.swaps} swaps:   {after:8.1f} MB ({first} again)")
+        print(f"ratio after / first:  {after / loaded:8.3f}")
 
     asyncio.run(run())
 

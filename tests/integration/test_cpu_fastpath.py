@@ -28,12 +28,11 @@ needs_openblas = pytest.mark.skipif(fast_blas_library() is None,
 PROMPTS = [
     "What is the capital of France? Answer in one sentence.",
     "Write a haiku about the sea.",
-    "List three prime numbers greater than 10.",
 ]
 # Greedy text of this one diverges at token 22 of 24 on a near tie ("manner." / "manner,"):
 # it is checked by the logit tolerance only.
 NEAR_TIE_PROMPT = "Explain in two sentences what a hash table is."
-MAX_TOKENS = 24
+MAX_TOKENS = 12
 # float32 weights are the exact values the 4/8-bit kernels reconstruct (scale * q + bias), but
 # the quantized kernel rounds and sums differently: first-step logits (magnitude up to ~35) differ
 # by at most 0.071 on these prompts (measured), so 0.15 absolute, and the same argmax.
