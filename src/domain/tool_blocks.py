@@ -16,11 +16,11 @@ The rules (both paths):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from .conversation import ToolCall
+from .conversation import ToolCall, ToolSpec
 from .tool_types import CallArguments, CallStarted, ContentPiece, ParsedReply, ToolEvent
 
 # A block's full text -> (name, JSON arguments) per call, or None when the block is rejected.
@@ -165,3 +165,22 @@ class BlockStreamer:
             events.append(ContentPiece(body))
             self._emitted = True
         self._space = whole[len(body):]
+
+
+class BlockFormat:
+    """`parse` and `streamer` for a format whose calls sit in opener ... closer blocks; a format
+    names its `syntax` and how it `judge`s one block against the tools."""
+
+    syntax: Syntax
+
+    @staticmethod
+    def judge(block: str, tools: Sequence[ToolSpec]) -> tuple[tuple[str, str], ...] | None:
+        raise NotImplementedError
+
+    def parse(self, text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
+        """Split a whole output into content and calls."""
+        return parse_blocks(text, self.syntax, lambda block: self.judge(block, tools), new_id)
+
+    def streamer(self, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> BlockStreamer:
+        """A streamer that assembles to `parse` of the whole text."""
+        return BlockStreamer(self.syntax, lambda block: self.judge(block, tools), new_id)

@@ -15,13 +15,12 @@ import math
 import re
 import textwrap
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
-from .tool_blocks import BlockStreamer, Syntax, parse_blocks
+from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object, to_json
-from .tool_types import ParsedReply, ToolCallStreamer
 
 OPENER = "```tool_code"
 CLOSER = "```"
@@ -30,31 +29,6 @@ SYNTAX = Syntax(OPENER, CLOSER)
 
 class Rejected(Exception):
     """A block that looks like a call but is not an acceptable one."""
-
-
-class GemmaToolCalls:
-    """The ToolCallFormat of Gemma 3 checkpoints."""
-
-    def parse(self, text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
-        """Split a whole output into content and calls."""
-        return parse_blocks(text, SYNTAX, lambda block: judge(block, tools), new_id)
-
-    def streamer(self, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ToolCallStreamer:
-        """A streamer that assembles to `parse` of the whole text."""
-        return BlockStreamer(SYNTAX, lambda block: judge(block, tools), new_id)
-
-    def forced_prefix(self, choice: ToolChoice) -> str:
-        """The block opener for `required`; opener plus `name(` for a named function."""
-        if choice.mode is ToolChoiceMode.REQUIRED:
-            return OPENER + "\n"
-        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
-            return f"{OPENER}\n{python_name(choice.function)}("
-        return ""
-
-    def render_calls(self, calls: Sequence[ToolCall]) -> str:
-        """One ```tool_code block, one call per line."""
-        lines = [render_call(call.name, loads_object(call.arguments) or {}) for call in calls]
-        return OPENER + "\n" + "\n".join(lines) + "\n" + CLOSER
 
 
 def judge(block: str, tools: Sequence[ToolSpec]) -> tuple[tuple[str, str], ...] | None:
@@ -171,3 +145,23 @@ def _plain_identifier(name: str) -> bool:
     """Usable as `name=value` in a call and read back unchanged."""
     return (name.isidentifier() and not keyword.iskeyword(name) and name != "__debug__"
             and unicodedata.normalize("NFKC", name) == name)
+
+
+class GemmaToolCalls(BlockFormat):
+    """The ToolCallFormat of Gemma 3 checkpoints."""
+
+    syntax = SYNTAX
+    judge = staticmethod(judge)
+
+    def forced_prefix(self, choice: ToolChoice) -> str:
+        """The block opener for `required`; opener plus `name(` for a named function."""
+        if choice.mode is ToolChoiceMode.REQUIRED:
+            return OPENER + "\n"
+        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
+            return f"{OPENER}\n{python_name(choice.function)}("
+        return ""
+
+    def render_calls(self, calls: Sequence[ToolCall]) -> str:
+        """One ```tool_code block, one call per line."""
+        lines = [render_call(call.name, loads_object(call.arguments) or {}) for call in calls]
+        return OPENER + "\n" + "\n".join(lines) + "\n" + CLOSER

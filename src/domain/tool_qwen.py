@@ -7,43 +7,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
-from .tool_blocks import BlockStreamer, Syntax, parse_blocks
+from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object
-from .tool_types import ParsedReply, ToolCallStreamer
 
 OPENER = "<tool_call>"
 CLOSER = "</tool_call>"
 SYNTAX = Syntax(OPENER, CLOSER)
-
-
-class QwenToolCalls:
-    """The ToolCallFormat of Qwen3-VL checkpoints (the chat template offers the tools)."""
-
-    def parse(self, text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
-        """Split a whole output into content and calls."""
-        return parse_blocks(text, SYNTAX, lambda block: judge(block, tools), new_id)
-
-    def streamer(self, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ToolCallStreamer:
-        """A streamer that assembles to `parse` of the whole text."""
-        return BlockStreamer(SYNTAX, lambda block: judge(block, tools), new_id)
-
-    def forced_prefix(self, choice: ToolChoice) -> str:
-        """The `<tool_call>` opener for `required`; up to the arguments for a named function."""
-        if choice.mode is ToolChoiceMode.REQUIRED:
-            return OPENER + "\n"
-        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
-            return f'{OPENER}\n{{"name": {_json(choice.function)}, "arguments": '
-        return ""
-
-    def render_calls(self, calls: Sequence[ToolCall]) -> str:
-        """The blocks exactly as Qwen's chat template writes earlier calls."""
-        return "\n".join(
-            f'{OPENER}\n{{"name": {_json(call.name)}, "arguments": '
-            f"{_json(loads_object(call.arguments) or {})}}}\n{CLOSER}" for call in calls)
 
 
 def judge(block: str, tools: Sequence[ToolSpec]) -> tuple[tuple[str, str], ...] | None:
@@ -63,3 +36,24 @@ def judge(block: str, tools: Sequence[ToolSpec]) -> tuple[tuple[str, str], ...] 
 def _json(value: object) -> str:
     """JSON with `</` escaped as `<\\/`, so a string can never close the block early."""
     return json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
+
+
+class QwenToolCalls(BlockFormat):
+    """The ToolCallFormat of Qwen3-VL checkpoints (the chat template offers the tools)."""
+
+    syntax = SYNTAX
+    judge = staticmethod(judge)
+
+    def forced_prefix(self, choice: ToolChoice) -> str:
+        """The `<tool_call>` opener for `required`; up to the arguments for a named function."""
+        if choice.mode is ToolChoiceMode.REQUIRED:
+            return OPENER + "\n"
+        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
+            return f'{OPENER}\n{{"name": {_json(choice.function)}, "arguments": '
+        return ""
+
+    def render_calls(self, calls: Sequence[ToolCall]) -> str:
+        """The blocks exactly as Qwen's chat template writes earlier calls."""
+        return "\n".join(
+            f'{OPENER}\n{{"name": {_json(call.name)}, "arguments": '
+            f"{_json(loads_object(call.arguments) or {})}}}\n{CLOSER}" for call in calls)

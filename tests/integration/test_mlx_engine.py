@@ -25,12 +25,8 @@ PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def catalog(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> StaticCatalog:
-    return StaticCatalog({
-        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
-        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
-        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
-    })
+def catalog(real_catalog: StaticCatalog) -> StaticCatalog:
+    return real_catalog
 
 
 @pytest.fixture(scope="module")

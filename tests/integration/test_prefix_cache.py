@@ -5,7 +5,6 @@ middle, with images, across swaps), and `cached_tokens` is exactly what mlx_vlm 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from mlx_server.adapters.catalog import StaticCatalog
 from mlx_server.adapters.mlx_engine import MlxEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
-from mlx_server.domain.models import Family, ModelRef
 from tests.support.http import ConnectedTestClient
 from tests.support.images import data_uri, png_bytes
 
@@ -23,12 +21,8 @@ RED, BLUE = data_uri(png_bytes(color=(200, 30, 30))), data_uri(png_bytes(color=(
 
 
 @pytest.fixture(scope="module")
-def catalog(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> StaticCatalog:
-    return StaticCatalog({
-        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
-        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
-        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
-    })
+def catalog(real_catalog: StaticCatalog) -> StaticCatalog:
+    return real_catalog
 
 
 class Pair:

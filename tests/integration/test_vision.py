@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import falcon.testing
@@ -12,7 +11,6 @@ from mlx_server.adapters.catalog import StaticCatalog
 from mlx_server.adapters.mlx_engine import MlxEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
-from mlx_server.domain.models import Family, ModelRef
 from tests.support.http import ConnectedTestClient
 from tests.support.images import data_uri, png_bytes, serve_files
 
@@ -21,12 +19,8 @@ IMAGE_TOKENS = {"gemma3": 16, "qwen3": 64}  # per 224x224 image, from the models
 
 
 @pytest.fixture(scope="module")
-def client(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> falcon.testing.TestClient:
-    catalog = StaticCatalog({
-        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
-        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
-        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
-    })
+def client(real_catalog: StaticCatalog) -> falcon.testing.TestClient:
+    catalog = real_catalog
     app = build(Settings(allow_private_image_urls=True), engine=MlxEngine(), catalog=catalog)
     return ConnectedTestClient(app)
 

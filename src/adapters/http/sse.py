@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import falcon.asgi
-from collections.abc import AsyncIterator
 
 from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
 from ...domain.errors import DomainError, EngineFailure
