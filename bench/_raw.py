@@ -1,0 +1,88 @@
+"""Raw in-process baseline for ``python -m bench``: ``mlx_vlm.stream_generate`` in a subprocess started
+the way the server starts (``ensure_fast_blas()`` re-execs with OpenBLAS preloaded before MLX loads,
+then ``dequantize_for_cpu(model, "auto")``), so server ÷ raw compares like with like.
+
+Protocol: one JSON command per stdin line, one JSON answer per stdout line.
+  {"messages": [...], "max_tokens": N}  ->  {"ttft_s", "decode_tps", "prompt_tokens", "generated", "text"}
+  {"op": "quit"}
+
+Also: ``python -m bench._raw --float-copy SRC DST`` writes SRC with its quantized layers dequantized
+to float32 (the weights the server runs on CPU), so the peer server can be given the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from mlx_server.adapters.cpu_fastpath import ensure_fast_blas
+
+ensure_fast_blas()  # re-exec (same pid) with the server's loader environment; no-op once active
+
+
+def _float_copy(src: str, dst: str) -> None:
+    import shutil
+    from pathlib import Path
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import load
+
+    from mlx_server.adapters.dequantize import dequantize_for_cpu
+
+    source, target = Path(src), Path(dst)
+    target.mkdir(parents=True, exist_ok=True)
+    model, _ = load(str(source))
+    dequantize_for_cpu(model, "dequantize")
+    for item in source.iterdir():
+        if item.suffix != ".safetensors" and item.name != "model.safetensors.index.json" and item.is_file():
+            shutil.copy(item, target / item.name)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("quantization", None)
+    config.pop("quantization_config", None)
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(target / "model.safetensors"), weights, metadata={"format": "mlx"})
+    print(json.dumps({"path": str(target), "tensors": len(weights)}))
+
+
+def _serve(model_dir: str) -> None:
+    import mlx.core as mx
+    from mlx_vlm.generate import stream_generate
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load
+
+    from mlx_server.adapters.cpu_fastpath import blas_in_use
+    from mlx_server.adapters.dequantize import dequantize_for_cpu
+
+    model, processor = load(model_dir)
+    weights = dequantize_for_cpu(model, "auto")
+    print(json.dumps({"ready": True, "blas": blas_in_use(), "weights": weights,
+                      "device": str(mx.default_device())}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("op") == "quit":
+            break
+        prompt = apply_chat_template(processor, model.config, command["messages"])
+        start = time.perf_counter()
+        first = None
+        last = None
+        text = ""
+        for result in stream_generate(model, processor, prompt, max_tokens=command["max_tokens"],
+                                      temperature=0.0):
+            if first is None and result.text:
+                first = time.perf_counter() - start
+            text += result.text
+            last = result
+        assert last is not None
+        print(json.dumps({"ttft_s": first if first is not None else time.perf_counter() - start,
+                          "decode_tps": last.generation_tps, "prompt_tokens": last.prompt_tokens,
+                          "generated": last.generation_tokens, "text": text}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--float-copy":
+        _float_copy(sys.argv[2], sys.argv[3])
+    else:
+        _serve(sys.argv[1])

@@ -1,0 +1,228 @@
+"""GPU decode row: batch-1 decode tokens/s of a random-weight 4-bit checkpoint with the shape of
+gemma-3-4b-it, built on the device from its config (mlx_vlm's own Model class + quantize_model, as
+tests/support/tiny_models.py does for the tiny one), and its ratio to the memory-bandwidth bound
+(language-model bytes read per token ÷ the card's bandwidth).
+
+Runs on the ``device`` tool's machine (NVIDIA, ``mlx[cuda13]``), see bench/GPU.md for how the wheels
+travel. Needs no network and no tokenizer: decoding starts from random token ids with mlx_vlm's own
+``generate_step`` (greedy). Prints one JSON line and writes it to --json.
+
+Run (on the device): python bench/gpu.py [--tokens 256] [--runs 5] [--prompt 64] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from typing import Any
+
+# gemma-3-4b-it config.json (google/gemma-3-4b-it), shape only: the weights are random
+GEMMA3_4B: dict[str, Any] = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "model_type": "gemma3",
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "eos_token_id": [1, 106],
+    "image_token_index": 262144,
+    "initializer_range": 0.02,
+    "mm_tokens_per_image": 256,
+    "torch_dtype": "bfloat16",
+    "text_config": {
+        "model_type": "gemma3_text",
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "vocab_size": 262208,
+        "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+        "sliding_window_pattern": 6,
+        "max_position_embeddings": 131072,
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 1152,
+        "image_size": 896,
+        "intermediate_size": 4304,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+}
+# datasheet HBM bandwidth, bytes/s, by the name nvidia-smi reports
+BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 SXM": 3.35e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12,
+             "H200": 4.8e12, "GH200": 4.0e12}
+
+
+def card() -> tuple[str, float | None]:
+    name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                          text=True).stdout.strip().splitlines()[0]
+    for key, value in BANDWIDTH.items():
+        if key in name:
+            return name, value
+    return name, None
+
+
+def build(group_size: int, bits: int) -> tuple[Any, dict[str, Any]]:
+    import copy
+
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_vlm.quant_utils import quantize_model
+    from mlx_vlm.utils import get_model_and_args, skip_multimodal_module, update_module_configs
+
+    config = copy.deepcopy(GEMMA3_4B)
+    mx.random.seed(0)
+    model_class, _ = get_model_and_args(config)
+    model_config = model_class.ModelConfig.from_dict(config)
+    model_config = update_module_configs(model_config, model_class, config,
+                                         ["text", "vision", "perceiver", "projector", "audio"])
+    model = model_class.Model(model_config)
+    model.update(tree_map(lambda a: a.astype(mx.bfloat16) if mx.issubdtype(a.dtype, mx.floating) else a,
+                          model.parameters()))
+    lm = model.language_model
+    if hasattr(lm, "lm_head"):  # gemma3 ties the output projection to the embedding
+        lm.lm_head.weight = lm.model.embed_tokens.weight
+    model, config = quantize_model(model, config, group_size, bits, mode="affine",
+                                   quant_predicate=lambda path, _m: not skip_multimodal_module(path))
+    mx.eval(model.parameters())
+    return model, config
+
+
+def nbytes(tree: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    seen: set[int] = set()
+    total = 0
+    for _, array in tree_flatten(tree):
+        if id(array) not in seen:
+            seen.add(id(array))
+            total += array.nbytes
+    return total
+
+
+def weights_pass(model: Any) -> dict[str, float]:
+    """Every quantized linear layer of the language model applied once to a 1-token input, all in one
+    graph: the weight reads of a decode step with nothing else (no attention, norms, sampling, sync
+    per token). Its time against the bandwidth bound splits the gap between kernels and the rest."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    layers = [m for _, m in model.language_model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    inputs = [mx.random.normal((1, 1, m.weight.shape[1] * 32 // m.bits)).astype(mx.bfloat16) for m in layers]
+    mx.eval(inputs)
+    read = sum(m.weight.nbytes + m.scales.nbytes + (m.biases.nbytes if m.biases is not None else 0)
+               for m in layers)
+    times = []
+    for _ in range(12):
+        start = time.perf_counter()
+        mx.eval([m(x) for m, x in zip(layers, inputs, strict=True)])
+        mx.synchronize()
+        times.append(time.perf_counter() - start)
+    best = min(times[2:])
+    return {"layers": len(layers), "bytes": read, "best_s": best, "median_s": statistics.median(times[2:]),
+            "bandwidth": read / best}
+
+
+def measured_bandwidth() -> float:
+    """Device copy bandwidth (read + write) of a 2 GiB array: what memory-bound kernels can reach."""
+    import mlx.core as mx
+
+    a = mx.zeros((512, 1024, 1024), dtype=mx.float32)
+    mx.eval(a)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        b = a + 1
+        mx.eval(b)
+        mx.synchronize()
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - start))
+        del b
+    return best
+
+
+def decode(model: Any, prompt: int, tokens: int) -> dict[str, float]:
+    import mlx.core as mx
+    from mlx_vlm.generate.ar import generate_step
+
+    ids = mx.random.randint(2, 200000, (1, prompt))
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    for _token, _ in generate_step(ids, model, None, None, max_tokens=tokens, temperature=0.0):
+        count += 1
+        last = time.perf_counter()
+        first = first or last
+    return {"ttft_s": first - start, "decode_tps": (count - 1) / (last - first), "tokens": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import importlib.metadata as md
+
+    import mlx.core as mx
+
+    name, datasheet = card()
+    start = time.perf_counter()
+    model, _ = build(64, 4)
+    build_s = time.perf_counter() - start
+    lm_bytes = nbytes(model.language_model.parameters())
+    # the embedding table is a separate (quantized) copy of the output projection once quantized: a
+    # decode step reads one row of it, and the output projection (lm_head) in full
+    embed = model.language_model.model.embed_tokens
+    embed_bytes = nbytes(embed.parameters())
+    embed_row = embed_bytes // embed.weight.shape[0]
+    vision_bytes = nbytes(model.parameters()) - lm_bytes
+    text = model.config.text_config
+    decode(model, args.prompt, 8)  # warm-up (kernel compilation), excluded
+    runs = [decode(model, args.prompt, args.tokens) for _ in range(args.runs)]
+    tps = [r["decode_tps"] for r in runs]
+    # bytes read per decoded token: every language-model weight once (the embedding table: one row),
+    # plus the KV cache at the mean context length of a run
+    ctx = args.prompt + args.tokens / 2
+    kv_bytes = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * ctx * 2
+    per_token = lm_bytes - embed_bytes + embed_row + kv_bytes
+    copy_bw = measured_bandwidth()
+    weights = weights_pass(model)
+    result = {
+        "device": str(mx.default_device()), "gpu": name, "mlx": md.version("mlx"),
+        "mlx_vlm": md.version("mlx-vlm"), "checkpoint": "random-weight gemma-3-4b-it shape, 4-bit affine, "
+        "group 64 (vision tower kept bf16)", "build_s": build_s, "lm_bytes": lm_bytes,
+        "vision_bytes": vision_bytes, "embed_table_bytes": embed_bytes, "kv_bytes_per_token": kv_bytes,
+        "bytes_per_token": per_token,
+        "prompt_tokens": args.prompt, "decode_tokens": args.tokens, "runs": args.runs,
+        "decode_tps": {"median": statistics.median(tps), "min": min(tps), "max": max(tps), "values": tps},
+        "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+        "datasheet_bw": datasheet, "measured_copy_bw": copy_bw,
+        "bound_tps_datasheet": datasheet / per_token if datasheet else None,
+        "bound_tps_measured": copy_bw / per_token,
+    }
+    result["weights_pass"] = weights
+    result["ms_per_token"] = 1000 / statistics.median(tps)
+    if datasheet:
+        result["ratio_to_datasheet_bound"] = statistics.median(tps) / result["bound_tps_datasheet"]
+    result["ratio_to_measured_bound"] = statistics.median(tps) / result["bound_tps_measured"]
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
