@@ -74,12 +74,18 @@ class ChatService:
 
     async def unload_if_idle(self, seconds: float) -> bool:
         """Free the model when no request came for `seconds`; the next request loads it again."""
-        if self.engine.loaded is None or self.worker.busy or self.worker.queued:
+        if self.engine.loaded is None or self.worker.queued:
             return False
         if self.clock.now() - self.last_used < seconds:
             return False
-        await self.worker.call(self.engine.unload)
-        return True
+
+        def unload() -> bool:  # queued behind a running job: check again once it is our turn
+            if self.clock.now() - self.last_used < seconds or self.engine.loaded is None:
+                return False
+            self.engine.unload()
+            return True
+
+        return await self.worker.call(unload)
 
     async def load(self, name: str) -> ModelRef:
         """Make `name` the model in memory (swapping out the current one) and return it."""
