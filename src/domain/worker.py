@@ -55,7 +55,6 @@ class GenerationWorker:
         self._name = name
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.busy = False  # a job is running
 
     @property
     def queued(self) -> int:
@@ -132,11 +131,7 @@ class GenerationWorker:
                     f"The request waited {waited:.0f} s for the model, longer than the server's "
                     f"queue timeout of {self.policy.queue_timeout:.0f} s. Retry shortly.")))
                 continue
-            self.busy = True
-            try:
-                self._serve(job)
-            finally:
-                self.busy = False
+            self._serve(job)
 
     def _next(self, jumps: int) -> tuple[_Job, bool] | None:
         with self._wakeup:
