@@ -9,6 +9,7 @@ after the last (ratio target <= 1.1).
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import tempfile
@@ -58,16 +59,16 @@ def main() -> None:
     plan = [(rng.choice(models), rng.random() < 0.5, rng.random() < args.cancel)
             for _ in range(args.requests)]
     results: list[tuple[int, float]] = []
-    rss: list[float] = []
+    samples: list[tuple[str, float]] = []  # (loaded model, server RSS) after each request
     lock = threading.Lock()
 
     def client(jobs: list[tuple[str, bool, bool]]) -> None:
         for model, stream, cancel in jobs:
             outcome = one_request(base, model, stream, cancel and stream, args.tokens)
+            loaded = str(httpx.get(f"{base}/health", timeout=30).json().get("model"))
             with lock:
                 results.append(outcome)
-                if model != plan[0][0] and not rss:
-                    rss.append(server_rss_mb(process.pid))  # after the first swap
+                samples.append((loaded, server_rss_mb(process.pid)))
 
     started = time.monotonic()
     try:
@@ -77,7 +78,6 @@ def main() -> None:
             thread.start()
         for thread in threads:
             thread.join(timeout=3600)
-        rss.append(server_rss_mb(process.pid))
     finally:
         process.terminate()
     latencies = sorted(seconds for _, seconds in results)
@@ -87,8 +87,14 @@ def main() -> None:
           f" ({args.cancel:.0%} of streams cancelled)")
     print(f"  5xx: {errors}   statuses: {sorted({status for status, _ in results})}")
     print(f"  latency p50 {statistics.median(latencies):.3f} s, p99 {p99:.3f} s")
-    print(f"  server RSS after the first swap {rss[0]:.0f} MB, after the last {rss[-1]:.0f} MB, "
-          f"ratio {rss[-1] / rss[0]:.3f}")
+    # compare like with like: the same model loaded, after its first swap back in and at the end
+    swapped_back = [(m, r) for i, (m, r) in enumerate(samples)
+                    if i and m == samples[0][0] and samples[i - 1][0] != m]
+    first = swapped_back[0] if swapped_back else samples[0]
+    last = next((m, r) for m, r in reversed(samples) if m == first[0])
+    swaps = sum(1 for a, b in itertools.pairwise(samples) if a[0] != b[0])
+    print(f"  {swaps} swaps; server RSS with {first[0].split('/')[-1]} loaded: after its first swap "
+          f"back {first[1]:.0f} MB, at the end {last[1]:.0f} MB, ratio {last[1] / first[1]:.3f}")
 
 
 if __name__ == "__main__":
