@@ -112,22 +112,26 @@ class MlxEngine:
                 json_logits_processor(tokenizer, params.response_format.schema)]
         plan = inputs.plan if isinstance(inputs, _Payload) else None
         reuse, cache = self.prefix.generation_kwargs(model, plan) if self.prefix and plan else ({}, [])
-        results = self._kept(stream_generate(
+        results = stream_generate(
             model, processor, "", input_ids=inputs["input_ids"],
             pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
-            **_sampling(params), **extra, **reuse), plan, cache)
-        counted = 0
+            **_sampling(params), **extra, **reuse)
+        generated: list[int] = []  # new token ids: the prefix-cache entry covers them too
+        reused_as_planned = False
         try:
             for result in results:
+                reused_as_planned = plan is not None and result.cached_tokens == plan.reused
                 # the detokenizer's final flush repeats the last token: it is not a new one
-                token = result.token if result.generation_tokens > counted else None
-                counted = result.generation_tokens
+                token = result.token if result.generation_tokens > len(generated) else None
+                if token is not None:
+                    generated.append(int(token))
                 logprob = (_logprob(tokenizer, token, result.logprobs, params.top_logprobs)
                            if params.logprobs and token is not None else None)
                 yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""),
                                      logprob)
         finally:
             results.close()
+            self._keep(plan, cache, generated, reused_as_planned)
 
     def _cache_plan(self, inputs: Mapping[str, Any], prompt: PromptInput) -> CachePlan | None:
         if self.prefix is None or self._ref is None:
@@ -135,23 +139,15 @@ class MlxEngine:
         ids = [int(token) for token in inputs["input_ids"][0].tolist()]
         return self.prefix.plan(self._model, self._ref.id, ids, [i.key for i in prompt.images])
 
-    def _kept(self, results: Generator[Any, None, None], plan: CachePlan | None,
-              cache: list[Any]) -> Generator[Any, None, None]:
-        """`results`, passed through; then the KV state of prompt + generated tokens is saved."""
-        generated: list[int] = []
-        usable = False
-        try:
-            for result in results:
-                usable = plan is not None and result.cached_tokens == plan.reused
-                if result.token is not None and result.generation_tokens > len(generated):
-                    generated.append(int(result.token))
-                yield result
-        finally:
-            results.close()
-            if usable and self.prefix is not None and plan is not None:
-                self.prefix.save(plan, cache, generated)
-            elif plan is not None:
-                log.warning("prefix cache: mlx_vlm did not reuse the planned %d tokens", plan.reused)
+    def _keep(self, plan: CachePlan | None, cache: list[Any], generated: list[int],
+              reused_as_planned: bool) -> None:
+        """Save the KV state of prompt + generated tokens for the next turn."""
+        if plan is None or self.prefix is None:
+            return
+        if reused_as_planned:
+            self.prefix.save(plan, cache, generated)
+        else:
+            log.warning("prefix cache: mlx_vlm did not reuse the planned %d tokens", plan.reused)
 
     def _require(self) -> tuple[Any, Any]:
         if self._model is None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 
@@ -46,6 +48,16 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def sdk_client(args: list[str]) -> Iterator[openai.OpenAI]:
+    """A server started with `args`, and the official SDK pointed at it; stopped afterwards."""
+    process, base = start_server(args)
+    try:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    finally:
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import sdk_client
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -17,11 +17,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     cache = tmp_path_factory.mktemp("mlx-server-cache")
-    process, base = start_server(["--model", "smollm", "--cache-dir", str(cache)])
-    try:
-        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-    finally:
-        stop_server(process)
+    with sdk_client(["--model", "smollm", "--cache-dir", str(cache)]) as client:
+        yield client
 
 
 def test_models_lists_the_builtin_as_loaded(client: openai.OpenAI) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import sdk_client
 
 WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {
@@ -25,11 +25,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     replies = tmp_path_factory.mktemp("tools") / "replies.json"
     # each test asks three times per family, in this order
     replies.write_text(json.dumps([RAW["gemma"]] * 3 + [RAW["qwen"]] * 3))
-    process, base = start_server(["--engine", "fake", "--fake-replies", str(replies)])
-    try:
-        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-    finally:
-        stop_server(process)
+    with sdk_client(["--engine", "fake", "--fake-replies", str(replies)]) as client:
+        yield client
 
 
 def test_each_family_streamed_and_not(client: openai.OpenAI) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import sdk_client
 from tests.support.images import data_uri, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -16,11 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client(tiny_gemma3: Path) -> Iterator[openai.OpenAI]:
-    process, base = start_server(["--model", str(tiny_gemma3), "--fallback-model", ""])
-    try:
-        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-    finally:
-        stop_server(process)
+    with sdk_client(["--model", str(tiny_gemma3), "--fallback-model", ""]) as client:
+        yield client
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen3_vl"])

@@ -90,7 +90,7 @@ async def render(events: AsyncIterator[StreamEvent],
 async def _chunks(events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[bytes]:
     writer: ChunkWriter | None = None
     try:
-        async for event in _closing(events):
+        async for event in events:
             if isinstance(event, TextDelta) and writer is not None:
                 yield writer.text(event)
             elif isinstance(event, StreamStart):
@@ -108,14 +108,7 @@ async def _chunks(events: AsyncIterator[StreamEvent], include_usage: bool) -> As
     except Exception as error:  # the status line is gone: report in-band, as OpenAI does
         log.exception("stream failed")
         yield _error_event(EngineFailure(f"Generation failed: {error}"))
-
-
-async def _closing(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """Iterate `events`, closing it at once when our consumer (the client) goes away."""
-    try:
-        async for event in events:
-            yield event
-    finally:
+    finally:  # at once when our consumer (the client) goes away: that stops the generation
         await events.aclose()  # type: ignore[attr-defined]
 
 
