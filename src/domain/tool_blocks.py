@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from .conversation import ToolCall, ToolSpec
+from .conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
 from .tool_types import CallArguments, CallStarted, ContentPiece, ParsedReply, ToolEvent
 
 # A block's full text -> (name, JSON arguments) per call, or None when the block is rejected.
@@ -184,3 +184,16 @@ class BlockFormat:
     def streamer(self, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> BlockStreamer:
         """A streamer that assembles to `parse` of the whole text."""
         return BlockStreamer(self.syntax, lambda block: self.judge(block, tools), new_id)
+
+    def forced_prefix(self, choice: ToolChoice) -> str:
+        """The block opener for `required`; the opener and the start of the named call for a
+        named function; nothing otherwise."""
+        if choice.mode is ToolChoiceMode.REQUIRED:
+            return self.syntax.opener + "\n"
+        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
+            return self.syntax.opener + "\n" + self.call_start(choice.function)
+        return ""
+
+    def call_start(self, name: str) -> str:
+        """How this format's call of `name` begins, up to its arguments."""
+        raise NotImplementedError

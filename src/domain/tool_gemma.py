@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
+from .conversation import ToolCall, ToolSpec
 from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object, to_json
 
@@ -153,13 +153,9 @@ class GemmaToolCalls(BlockFormat):
     syntax = SYNTAX
     judge = staticmethod(judge)
 
-    def forced_prefix(self, choice: ToolChoice) -> str:
-        """The block opener for `required`; opener plus `name(` for a named function."""
-        if choice.mode is ToolChoiceMode.REQUIRED:
-            return OPENER + "\n"
-        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
-            return f"{OPENER}\n{python_name(choice.function)}("
-        return ""
+    def call_start(self, name: str) -> str:
+        """`name(`, with the name as Python can call it."""
+        return f"{python_name(name)}("
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """One ```tool_code block, one call per line."""

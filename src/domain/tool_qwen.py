@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
+from .conversation import ToolCall, ToolSpec
 from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object
 
@@ -44,13 +44,9 @@ class QwenToolCalls(BlockFormat):
     syntax = SYNTAX
     judge = staticmethod(judge)
 
-    def forced_prefix(self, choice: ToolChoice) -> str:
-        """The `<tool_call>` opener for `required`; up to the arguments for a named function."""
-        if choice.mode is ToolChoiceMode.REQUIRED:
-            return OPENER + "\n"
-        if choice.mode is ToolChoiceMode.FUNCTION and choice.function:
-            return f'{OPENER}\n{{"name": {_json(choice.function)}, "arguments": '
-        return ""
+    def call_start(self, name: str) -> str:
+        """The JSON object up to its arguments."""
+        return f'{{"name": {_json(name)}, "arguments": '
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """The blocks exactly as Qwen's chat template writes earlier calls."""
