@@ -56,15 +56,16 @@ def main() -> None:
     models = ["smollm", gemma]
     process, base = start_server("--model", "smollm", "--max-queue", str(args.clients * 2))
     rng = random.Random(20261125)
-    plan = [(rng.choice(models), rng.random() < 0.5, rng.random() < args.cancel)
-            for _ in range(args.requests)]
+    # a cancelled request is a stream its client leaves after the first chunk
+    plan = [(rng.choice(models), rng.random() < 0.5 or cancel, cancel)
+            for cancel in (rng.random() < args.cancel for _ in range(args.requests))]
     results: list[tuple[int, float]] = []
     samples: list[tuple[str, float]] = []  # (loaded model, server RSS) after each request
     lock = threading.Lock()
 
     def client(jobs: list[tuple[str, bool, bool]]) -> None:
         for model, stream, cancel in jobs:
-            outcome = one_request(base, model, stream, cancel and stream, args.tokens)
+            outcome = one_request(base, model, stream, cancel, args.tokens)
             loaded = str(httpx.get(f"{base}/health", timeout=30).json().get("model"))
             with lock:
                 results.append(outcome)
@@ -78,14 +79,19 @@ def main() -> None:
             thread.start()
         for thread in threads:
             thread.join(timeout=3600)
+        metrics = httpx.get(f"{base}/metrics", timeout=30).text
     finally:
         process.terminate()
     latencies = sorted(seconds for _, seconds in results)
     errors = sum(1 for status, _ in results if status >= 500)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     print(f"{len(results)} requests from {args.clients} clients in {time.monotonic() - started:.0f} s"
-          f" ({args.cancel:.0%} of streams cancelled)")
+          f" ({args.cancel:.0%} of requests cancelled mid-stream)")
     print(f"  5xx: {errors}   statuses: {sorted({status for status, _ in results})}")
+    stopped = [line for line in metrics.splitlines()
+               if line.startswith("mlx_server_cancellations_total{")]
+    print(f"  cancelled {sum(1 for _, _, cancel in plan if cancel)} streams; the server counted: "
+          + (", ".join(line.split("{", 1)[1] for line in stopped) or "none"))
     print(f"  latency p50 {statistics.median(latencies):.3f} s, p99 {p99:.3f} s")
     # compare like with like: the same model loaded, after its first swap back in and at the end
     swapped_back = [(m, r) for i, (m, r) in enumerate(samples)

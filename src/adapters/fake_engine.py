@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 from ..domain.completion import FinishReason, GenerationStep
@@ -74,12 +74,15 @@ class FakeEngine:
         return PreparedPrompt(token_count=len(tokenize(text)), payload=last_user)
 
     def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams
+        self, prompt: PreparedPrompt, params: SamplingParams,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> Generator[GenerationStep, None, None]:
         reply = next(self._replies) if self._replies else f"You said: {prompt.payload}"
         tokens = tokenize(reply) or [""]
         limit = params.max_tokens if params.max_tokens is not None else len(tokens)
         for index, token in enumerate(tokens[:limit], start=1):
+            if cancelled():
+                return
             if self._delay:
                 time.sleep(self._delay)
             if index == len(tokens):

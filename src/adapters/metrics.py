@@ -62,7 +62,8 @@ class PrometheusMetrics:
         self._swap_seconds = Histogram("mlx_server_model_swap_seconds", "Time to load a model.",
                                        ["model"], buckets=_SWAPS, registry=r)
         self._cancelled = Counter("mlx_server_cancellations",
-                                  "Generations stopped because the client went away.", ["model"],
+                                  "Requests stopped because the client went away, by phase: "
+                                  "queued, prefill or decode.", ["model", "phase"],
                                   registry=r)
         self._queue = Gauge("mlx_server_queue_depth", "Requests waiting for the model.",
                             registry=r)
@@ -92,8 +93,8 @@ class PrometheusMetrics:
         self._swaps.labels(model).inc()
         self._swap_seconds.labels(model).observe(max(seconds, 0.0))
 
-    def cancelled(self, model: str) -> None:
-        self._cancelled.labels(model).inc()
+    def cancelled(self, model: str, phase: str) -> None:
+        self._cancelled.labels(model, phase).inc()
 
     def queue_depth(self, waiting: int) -> None:
         self._queue.set(waiting)

@@ -5,11 +5,12 @@ Every method runs on the single generation thread (the domain's GenerationWorker
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
@@ -29,8 +30,9 @@ class MlxEngine:
     """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
 
     def __init__(self, cpu_weights: str = "auto", prefix_cache: bool = True,
-                 prefix_cache_mb: int | None = None) -> None:
+                 prefix_cache_mb: int | None = None, prefill_chunk: int = 512) -> None:
         self._cpu_weights = cpu_weights
+        self._prefill_chunk = prefill_chunk  # tokens per prefill pass: how soon a cancel is seen
         # KV prefix cache: on by default; budget None = an eighth of RAM, 256 MiB to 4 GiB
         self.prefix = KvPrefixStore(prefix_cache_mb) if prefix_cache else None
         self.weights = "none loaded"  # how the loaded model's weights are held (for /health)
@@ -99,7 +101,8 @@ class MlxEngine:
                               payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0)
 
     def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams
+        self, prompt: PreparedPrompt, params: SamplingParams,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> Generator[GenerationStep, None, None]:
         from mlx_vlm.generate import stream_generate
 
@@ -115,23 +118,30 @@ class MlxEngine:
         results = stream_generate(
             model, processor, "", input_ids=inputs["input_ids"],
             pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
-            **_sampling(params), **extra, **reuse)
+            prefill_step_size=self._prefill_chunk, **_sampling(params), **extra, **reuse)
         generated: list[int] = []  # new token ids: the prefix-cache entry covers them too
         reused_as_planned = False
+        guard = _Guard(cancelled)
         try:
-            for result in results:
-                reused_as_planned = plan is not None and result.cached_tokens == plan.reused
-                # the detokenizer's final flush repeats the last token: it is not a new one
-                token = result.token if result.generation_tokens > len(generated) else None
-                if token is not None:
-                    generated.append(int(token))
-                logprob = (_logprob(tokenizer, token, result.logprobs, params.top_logprobs)
-                           if params.logprobs and token is not None else None)
-                yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""),
-                                     logprob)
+            with guard.watching(model.language_model):
+                for result in results:
+                    reused_as_planned = plan is not None and result.cached_tokens == plan.reused
+                    # the detokenizer's final flush repeats the last token: it is not a new one
+                    token = result.token if result.generation_tokens > len(generated) else None
+                    if token is not None:
+                        generated.append(int(token))
+                    logprob = (_logprob(tokenizer, token, result.logprobs, params.top_logprobs)
+                               if params.logprobs and token is not None else None)
+                    yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""),
+                                         logprob)
+        except _ClientGone:  # the request was cancelled: stop here, keep nothing half-done
+            if not generated:
+                log.info("cancelled during prefill after %d of %d prompt tokens", guard.prefilled,
+                         prompt.token_count - prompt.cached_tokens)
         finally:
             results.close()
-            self._keep(plan, cache, generated, reused_as_planned)
+            if not guard.tripped:
+                self._keep(plan, cache, generated, reused_as_planned)
 
     def _cache_plan(self, inputs: Mapping[str, Any], prompt: PromptInput) -> CachePlan | None:
         if self.prefix is None or self._ref is None:
@@ -153,6 +163,52 @@ class MlxEngine:
         if self._model is None:
             raise ModelUnavailable("No model is loaded.")
         return self._model, self._processor
+
+
+class _ClientGone(Exception):
+    """Raised between two forward passes when the request was cancelled."""
+
+
+class _Guard:
+    """Asks `cancelled()` before every forward pass of the language model: each prefill chunk and
+    each decode step. mlx_vlm's prefill loop has no hook of its own for this (its one checkpoint
+    callback is taken by its prompt cache), so while generating, the model's language model runs
+    as a subclass of its own class whose __call__ checks first; nothing else about it changes."""
+
+    _classes: ClassVar[dict[type, type]] = {}
+
+    def __init__(self, cancelled: Callable[[], bool]) -> None:
+        self.cancelled = cancelled
+        self.prefilled = 0  # prompt tokens through the model in whole prefill chunks
+        self.tripped = False
+
+    @contextlib.contextmanager
+    def watching(self, language_model: Any) -> Generator[None, None, None]:
+        original = type(language_model)
+        language_model.__class__ = self._checked(original)
+        object.__setattr__(language_model, "_mlx_server_guard", self)
+        try:
+            yield
+        finally:
+            language_model.__class__ = original
+            object.__delattr__(language_model, "_mlx_server_guard")
+
+    def check(self, chunk: int | None) -> None:
+        if self.cancelled():
+            self.tripped = True
+            raise _ClientGone
+        self.prefilled += chunk or 0
+
+    @classmethod
+    def _checked(cls, original: type) -> type:
+        if (checked := cls._classes.get(original)) is None:
+            def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+                self._mlx_server_guard.check(kwargs.get("n_to_process"))
+                return original.__call__(self, *args, **kwargs)
+
+            checked = cls._classes[original] = type(original.__name__, (original,),
+                                                    {"__call__": __call__})
+        return checked
 
 
 class _Payload(dict[str, Any]):

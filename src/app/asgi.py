@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 
 from ..adapters.cpu_fastpath import ensure_fast_blas
-from ..adapters.http.errors import AsgiApp
+from ..adapters.http.disconnect import DisconnectWatch
 from .bootstrap import build
 from .config import settings_from_env
 
 
-def create() -> AsgiApp:
+def create() -> DisconnectWatch:
     if "gunicorn" not in sys.modules:  # uvicorn --factory; gunicorn's master did it already
         ensure_fast_blas()
     return build(settings_from_env())

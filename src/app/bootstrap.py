@@ -9,7 +9,7 @@ from importlib import resources
 from ..adapters.catalog import StaticCatalog
 from ..adapters.fake_engine import FakeEngine, load_replies
 from ..adapters.http.app import HttpOptions, create_app
-from ..adapters.http.errors import AsgiApp
+from ..adapters.http.disconnect import DisconnectWatch
 from ..adapters.metrics import PrometheusMetrics
 from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
@@ -39,7 +39,8 @@ def build_engine(settings: Settings) -> InferenceEngine:
     from ..adapters.mlx_engine import MlxEngine
 
     return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,
-                     prefix_cache_mb=settings.prefix_cache_mb)
+                     prefix_cache_mb=settings.prefix_cache_mb,
+                     prefill_chunk=settings.prefill_chunk)
 
 
 def build_catalog(settings: Settings) -> ModelCatalog:
@@ -75,7 +76,7 @@ def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
 
 def build(settings: Settings, *, engine: InferenceEngine | None = None,
           catalog: ModelCatalog | None = None, clock: Clock | None = None,
-          ids: IdSource | None = None, metrics: PrometheusMetrics | None = None) -> AsgiApp:
+          ids: IdSource | None = None, metrics: PrometheusMetrics | None = None) -> DisconnectWatch:
     """Build the ASGI app. Pass adapters to replace the real ones (tests, embedding)."""
     catalog = catalog or build_catalog(settings)
     metrics = metrics or PrometheusMetrics()

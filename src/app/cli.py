@@ -28,7 +28,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         epilog="other commands: 'mlx-server pull MODEL' downloads a model ahead of time; "
                "'mlx-server models' lists the models available locally")
     add_serve_arguments(parser, os.environ)
-    settings = settings_from_args(parser.parse_args(args))
+    try:
+        settings = settings_from_args(parser.parse_args(args))
+    except ValueError as exc:  # a value argparse's types let through (a chunk of 0 tokens)
+        parser.error(str(exc))
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build(settings)

@@ -66,6 +66,7 @@ class ChatService:
 
     def __attrs_post_init__(self) -> None:
         self.worker.loaded = lambda: self.engine.loaded.id if self.engine.loaded else None
+        self.worker.dropped = lambda model: self.metrics.cancelled(model or "", "queued")
         self.last_used = self.clock.now()
 
     @property
@@ -169,18 +170,34 @@ class ChatService:
                               max_tokens=self._completion_budget(prompt, request.sampling, model))
         run = _Run(plan, self.ids.tool_call_id, params.stop)
         started = self.clock.now()
-        with contextlib.closing(self.engine.generate(prompt, params)) as steps:
+        with contextlib.closing(self.engine.generate(prompt, params, cancelled)) as steps:
             # NOTE: the first step runs the prefill; a setup error (say, a JSON schema the
             # grammar engine cannot compile) still gets a proper status line this way
             first = next(steps, None)
             first_token = self.clock.now()
-            yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
-                              model=model.id)
-            yield from run.take(run.parser.feed(plan.prefix))  # the model's output continues it
-            produced, reason = yield from run.consume(itertools.chain([first] if first else [], steps),
-                                                      cancelled)
+            if cancelled():  # gone during the prefill: the engine stopped between two chunks
+                self.metrics.cancelled(model.id, "prefill")
+                return
+            try:
+                yield from self._answer(run, model, prompt, first_token - started,
+                                        itertools.chain([first] if first else [], steps),
+                                        cancelled)
+            except GeneratorExit:  # the worker closed us after an event: the client went away
+                if not run.ended:  # (after the last event it may close us too: nothing was lost)
+                    self.metrics.cancelled(model.id, "decode")
+                raise
+
+    def _answer(
+        self, run: _Run, model: ModelRef, prompt: PreparedPrompt, ttft: float,
+        steps: Iterable[GenerationStep], cancelled: Cancelled,
+    ) -> Generator[StreamEvent, None, None]:
+        yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
+                          model=model.id)
+        decoding = self.clock.now()
+        yield from run.take(run.parser.feed(run.plan.prefix))  # the model's output continues it
+        produced, reason = yield from run.consume(steps, cancelled)
         if produced < 0:
-            self.metrics.cancelled(model.id)
+            self.metrics.cancelled(model.id, "decode")
             return  # nobody is listening
         if not run.done:
             yield from run.take(run.parser.feed(run.matcher.flush()) + run.parser.finish())
@@ -190,8 +207,8 @@ class ChatService:
             log.warning("%s: %d tool call block(s) rejected", model.id, run.parser.rejected)
         self.metrics.generation(model.id, prompt_tokens=prompt.token_count,
                                 cached_tokens=prompt.cached_tokens, completion_tokens=produced,
-                                ttft=first_token - started,
-                                decode_seconds=self.clock.now() - first_token)
+                                ttft=ttft, decode_seconds=self.clock.now() - decoding)
+        run.ended = True
         yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
                         rejected_calls=run.parser.rejected)
 
@@ -222,6 +239,7 @@ class _Run:
                                          else PlainText())
         self.calls = 0
         self.done = False  # parallel_tool_calls false: the first call ends the turn
+        self.ended = False  # the final event is out
         self.logprobs: list[TokenLogprob] = []
 
     def consume(
@@ -240,7 +258,8 @@ class _Run:
                 return produced, FinishReason.STOP if stopped else step.finish_reason or FinishReason.LENGTH
             if cancelled():
                 return -1, FinishReason.STOP
-        return produced, FinishReason.LENGTH
+        # the engine ends early when cancelled between two decode steps
+        return (-1 if cancelled() else produced), FinishReason.LENGTH
 
     def take(self, events: list[ToolEvent], final: bool = False) -> Generator[StreamEvent, None, None]:
         if final and self.logprobs:  # log probabilities of tokens no content followed

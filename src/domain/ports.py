@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Protocol
 
 import attrs
@@ -66,10 +66,12 @@ class InferenceEngine(Protocol):
         Raises InvalidRequest when the template rejects the conversation."""
 
     def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams
+        self, prompt: PreparedPrompt, params: SamplingParams, cancelled: Callable[[], bool]
     ) -> Generator[GenerationStep, None, None]:
         """Yield one step per generated token until EOS (`finish_reason` stop) or
-        `params.max_tokens` (`finish_reason` length). Closing the iterator stops generation."""
+        `params.max_tokens` (`finish_reason` length). Closing the iterator stops generation;
+        so does `cancelled()` turning true, which the engine asks between prefill chunks and
+        decode steps (the iterator then ends early)."""
 
 
 class ModelCatalog(Protocol):
@@ -112,8 +114,9 @@ class Metrics(Protocol):
     def swap(self, model: str, seconds: float) -> None:
         """A model was loaded (after the previous one was released)."""
 
-    def cancelled(self, model: str) -> None:
-        """A client went away before its generation finished."""
+    def cancelled(self, model: str, phase: str) -> None:
+        """A client went away before its generation finished: while its request was `queued`,
+        in `prefill` (no token yet) or in `decode`."""
 
     def queue_depth(self, waiting: int) -> None:
         """Requests waiting for the model right now."""
@@ -127,7 +130,7 @@ class NoMetrics:
     def swap(self, model: str, seconds: float) -> None:
         pass
 
-    def cancelled(self, model: str) -> None:
+    def cancelled(self, model: str, phase: str) -> None:
         pass
 
     def queue_depth(self, waiting: int) -> None:

@@ -50,15 +50,22 @@ class GenerationWorker:
                  loaded: Callable[[], str | None] = lambda: None) -> None:
         self.policy = policy or QueuePolicy()
         self.loaded = loaded  # which model is in memory: lets the scheduler avoid swaps
+        self.dropped: Callable[[str | None], None] = lambda model: None  # a cancelled job unrun
         self._waiting: list[_Job] = []
         self._wakeup = threading.Condition()
         self._name = name
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._running = False
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running now (a generation, a load)."""
+        return self._running
 
     def start(self) -> None:
         with self._wakeup:
@@ -113,7 +120,7 @@ class GenerationWorker:
 
     def _enqueue(self, job: _Job) -> None:
         with self._wakeup:
-            self._waiting = [w for w in self._waiting if not w.cancelled.is_set()]
+            self._prune()
             if len(self._waiting) >= self.policy.max_queue:
                 raise ServerBusy(f"The server is busy: {len(self._waiting)} requests are waiting "
                                  "for the model. Retry shortly.")
@@ -126,19 +133,24 @@ class GenerationWorker:
             job, jumped = picked
             jumps = jumps + 1 if jumped else 0
             waited = time.monotonic() - job.since
-            if waited > self.policy.queue_timeout:
+            if job.cancelled.is_set():  # gone since the last look: do not load a model for it
+                job.push((_DONE, None))
+                self.dropped(job.model)
+            elif waited > self.policy.queue_timeout:
                 job.push((_ERROR, ServerBusy(
                     f"The request waited {waited:.0f} s for the model, longer than the server's "
                     f"queue timeout of {self.policy.queue_timeout:.0f} s. Retry shortly.")))
-                continue
-            self._serve(job)
+            else:
+                self._running = True
+                try:
+                    self._serve(job)
+                finally:
+                    self._running = False
 
     def _next(self, jumps: int) -> tuple[_Job, bool] | None:
         with self._wakeup:
             while True:
-                for job in [w for w in self._waiting if w.cancelled.is_set()]:
-                    self._waiting.remove(job)
-                    job.push((_DONE, None))
+                self._prune()
                 if self._waiting:
                     break
                 if self._stopping:
@@ -147,6 +159,13 @@ class GenerationWorker:
             index = next_job([job.model for job in self._waiting], self.loaded(), jumps,
                              self.policy.max_jumps)
             return self._waiting.pop(index), index > 0
+
+    def _prune(self) -> None:
+        """Drop the waiting jobs whose consumer went away (call with the lock held)."""
+        for job in [w for w in self._waiting if w.cancelled.is_set()]:
+            self._waiting.remove(job)
+            job.push((_DONE, None))
+            self.dropped(job.model)
 
     @staticmethod
     def _serve(job: _Job) -> None:

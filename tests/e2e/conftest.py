@@ -20,10 +20,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_log(base: str) -> Path:
+    """Where start_server sends the output of the server at `base`."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-server-{base.rsplit(':', 1)[1]}.log"
+
+
 def start_server(args: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m mlx_server ARGS` on a free loopback port; wait until /health answers."""
     port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-server-{port}.log"
+    log = server_log(f"http://127.0.0.1:{port}")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlx_server", "--port", str(port), *args],
         stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -115,7 +115,7 @@ def test_metrics_exposes_http_and_generation_counters(client: falcon.testing.Tes
 def test_port_metrics_are_recorded(metrics: PrometheusMetrics) -> None:
     metrics.generation("m", prompt_tokens=10, cached_tokens=4, completion_tokens=5, ttft=0.2,
                        decode_seconds=0.5)
-    metrics.cancelled("m")
+    metrics.cancelled("m", "prefill")
     metrics.queue_depth(3)
     values = {s.name: s.value for f in text_string_to_metric_families(metrics.render().decode())
               for s in f.samples if not s.labels.get("le")}
@@ -128,13 +128,13 @@ def test_port_metrics_are_recorded(metrics: PrometheusMetrics) -> None:
 
 def test_two_apps_in_one_process_do_not_clash() -> None:
     first, second = PrometheusMetrics(), PrometheusMetrics()
-    first.cancelled("m")
-    assert b'mlx_server_cancellations_total{model="m"} 1.0' in first.render()
+    first.cancelled("m", "decode")
+    assert b'mlx_server_cancellations_total{model="m",phase="decode"} 1.0' in first.render()
     assert b"mlx_server_cancellations_total{" not in second.render()
 
 
 def test_draining_refuses_new_work_with_503(client: falcon.testing.TestClient) -> None:
-    app = client.app
+    app = client.app.app  # the Falcon app inside DisconnectWatch
     gate = next(m for m in app._unprepared_middleware  # type: ignore[attr-defined]
                 if isinstance(m, observability.ObservabilityMiddleware)).gate
     gate.begin()
@@ -143,5 +143,6 @@ def test_draining_refuses_new_work_with_503(client: falcon.testing.TestClient) -
     assert result.json["error"]["code"] == "server_shutting_down"
     assert result.json["error"]["type"] == "server_error"
     assert result.headers["retry-after"] == "5"
-    assert client.simulate_get("/health").status_code == 200  # probes still answer
+    health = client.simulate_get("/health")  # probes still answer, and say why work is refused
+    assert (health.status_code, health.json["state"]) == (200, "draining")
     assert client.simulate_get("/metrics").status_code == 200

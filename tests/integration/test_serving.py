@@ -67,7 +67,12 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
             return httpx.post(f"{base}/v1/chat/completions", json=CHAT, timeout=30)
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: ask(), range(4)))
+            asked = [pool.submit(ask) for _ in range(4)]
+            health = httpx.get(f"{base}/health").json()
+            while health["state"] != "busy" and not all(a.done() for a in asked):
+                health = httpx.get(f"{base}/health").json()
+            answers = [a.result() for a in asked]
+        assert health["state"] == "busy" and health["queued"] <= 1  # seen while generating
         busy = [a for a in answers if a.status_code == 503]
         assert busy and all(a.json()["error"]["code"] == "server_busy" for a in busy)
         assert all(a.headers["retry-after"] == "5" for a in busy)
@@ -101,3 +106,23 @@ def test_a_client_that_disconnects_mid_stream_frees_the_model_at_once(tmp_path: 
         print(f"\ncancel-to-next-answer: {waited:.3f} s")
     finally:
         stop_server(process)
+
+
+def test_the_spec_declares_bearer_auth_exactly_where_the_server_enforces_it() -> None:
+    import yaml
+
+    from mlx_server.app.bootstrap import spec_text
+
+    spec = yaml.safe_load(spec_text())
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    client = ConnectedTestClient(build(Settings(engine="fake", api_key="s3cret"),
+                                       engine=FakeEngine()))
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            declared = {"bearerAuth": []} in operation.get("security", [])
+            url = path.replace("{model}", "gemma")
+            answer = client.simulate_request(method.upper(), url, json=CHAT)
+            assert (answer.status_code == 401) == declared, (method, path, answer.status_code)
+            if declared:  # optional: a server started without a key needs none
+                assert {} in operation["security"]

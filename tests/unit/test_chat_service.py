@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,7 +29,7 @@ from mlx_server.domain.conversation import (
 )
 from mlx_server.domain.errors import ContextTooLong, InvalidRequest, ModelNotFound
 from mlx_server.domain.models import ModelRef
-from mlx_server.domain.ports import PreparedPrompt, PromptInput
+from mlx_server.domain.ports import NoMetrics, PreparedPrompt, PromptInput
 from tests.support.fakes import CountingIds, FixedClock
 
 
@@ -126,7 +127,8 @@ class EndlessEngine(FakeEngine):
     def prepare(self, prompt: PromptInput) -> PreparedPrompt:
         return PreparedPrompt(token_count=1)
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams) -> Iterator[GenerationStep]:
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
+                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[GenerationStep]:
         try:
             while True:
                 yield GenerationStep("x")
@@ -154,3 +156,85 @@ def test_closing_the_stream_stops_generation_and_frees_the_worker() -> None:
 
     assert asyncio.run(run()) == "You said: again"
     assert engine.closed.is_set()
+
+
+class RecordingMetrics(NoMetrics):
+    def __init__(self) -> None:
+        self.cancellations: list[tuple[str, str]] = []
+
+    def cancelled(self, model: str, phase: str) -> None:
+        self.cancellations.append((model, phase))
+
+
+class SlowPrefillEngine(FakeEngine):
+    """A prefill of many chunks that asks `cancelled()` between them, as MlxEngine does."""
+
+    def __init__(self, chunks: int = 1000) -> None:
+        super().__init__()
+        self.chunks, self.done = chunks, 0
+        self.started, self.stopped = threading.Event(), threading.Event()
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
+                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[GenerationStep]:
+        self.started.set()
+        for _ in range(self.chunks):
+            if cancelled():
+                self.stopped.set()
+                return
+            self.done += 1
+            time.sleep(0.01)
+        yield GenerationStep("never", 1, FinishReason.STOP)
+
+
+def test_a_request_cancelled_in_prefill_stops_between_chunks_and_frees_the_worker() -> None:
+    engine, metrics = SlowPrefillEngine(), RecordingMetrics()
+    chat = ChatService(catalog=StaticCatalog(), engine=engine, clock=FixedClock(),
+                       ids=CountingIds(), metrics=metrics)
+
+    async def run() -> str:
+        opening = asyncio.ensure_future(chat.open_stream(ask("a long prompt")))
+        await asyncio.to_thread(engine.started.wait, 5)
+        opening.cancel()  # what the HTTP layer does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        assert await asyncio.to_thread(engine.stopped.wait, 5)
+        chat.engine = FakeEngine()
+        return (await chat.complete(ask("next"))).text
+
+    assert asyncio.run(run()) == "You said: next"
+    assert engine.done < engine.chunks  # stopped part-way, not after the whole prefill
+    assert metrics.cancellations == [("mlx-community/gemma-3-4b-it-4bit", "prefill")]
+
+
+def test_a_request_cancelled_while_queued_never_runs_and_is_counted() -> None:
+    engine, metrics = SlowPrefillEngine(chunks=30), RecordingMetrics()
+    chat = ChatService(catalog=StaticCatalog(), engine=engine, clock=FixedClock(),
+                       ids=CountingIds(), metrics=metrics)
+
+    async def run() -> None:
+        first = asyncio.ensure_future(chat.complete(ask("first")))
+        await asyncio.to_thread(engine.started.wait, 5)
+        queued = asyncio.ensure_future(chat.complete(ask("second")))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        await asyncio.gather(first, queued, return_exceptions=True)
+        chat.worker.stop()
+
+    asyncio.run(run())
+    assert metrics.cancellations == [("mlx-community/gemma-3-4b-it-4bit", "queued")]
+    assert engine.done == engine.chunks  # only the first request ran
+
+
+def test_finished_requests_are_never_counted_as_cancelled() -> None:
+    """complete() stops reading at the last event; the worker may then close the finished job."""
+    metrics = RecordingMetrics()
+    chat = ChatService(catalog=StaticCatalog(), engine=FakeEngine(), clock=FixedClock(),
+                       ids=CountingIds(), metrics=metrics)
+
+    async def run() -> None:
+        for _ in range(100):
+            await chat.complete(ask("hello"))
+        chat.worker.stop()
+
+    asyncio.run(run())
+    assert metrics.cancellations == []

@@ -18,6 +18,7 @@ from ...domain.ports import ModelCatalog
 from ..metrics import PrometheusMetrics
 from . import errors
 from .codec import ChatCodec
+from .disconnect import DisconnectWatch
 from .errors import AsgiApp
 from .observability import MetricsResource, ObservabilityMiddleware
 from .resources import (
@@ -82,7 +83,7 @@ class Lifecycle:
 def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
                options: HttpOptions = HttpOptions(), *,
                backend: Callable[[], Mapping[str, str]] = dict,
-               metrics: PrometheusMetrics | None = None) -> AsgiApp:
+               metrics: PrometheusMetrics | None = None) -> DisconnectWatch:
     codec = ChatCodec(yaml.safe_load(spec_text))
     middleware: list[Any] = [Lifecycle(service, options)]
     if options.cors_origins:
@@ -90,11 +91,12 @@ def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Retry-After"]))
     if options.api_key:
         middleware.append(ApiKeyAuth(options.api_key))
-    middleware.insert(0, ObservabilityMiddleware(metrics))  # first in, last out: sees it all
+    observability = ObservabilityMiddleware(metrics)
+    middleware.insert(0, observability)  # first in, last out: sees it all
     app: AsgiApp = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     models = ModelsResource(service, catalog, codec)
-    app.add_route("/health", HealthResource(service, backend))
+    app.add_route("/health", HealthResource(service, backend, lambda: observability.gate.draining))
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/v1/chat/completions",
@@ -103,4 +105,4 @@ def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))
     errors.install(app)
-    return app
+    return DisconnectWatch(app)

@@ -16,17 +16,22 @@ from ...domain.models import ModelInfo
 from ...domain.ports import ModelCatalog
 from . import sse
 from .codec import ChatCodec
+from .disconnect import ClientGone, while_connected
 from .observability import note_completion, observe_stream
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left: in the access log and metrics
 
 
 class HealthResource:
-    def __init__(self, service: ChatService, backend: Callable[[], Mapping[str, str]]) -> None:
-        self._service, self._backend = service, backend
+    def __init__(self, service: ChatService, backend: Callable[[], Mapping[str, str]],
+                 draining: Callable[[], bool]) -> None:
+        self._service, self._backend, self._draining = service, backend, draining
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        loaded = self._service.loaded_model
-        resp.media = {"status": "ok", "model": loaded.id if loaded else None,
-                      "backend": dict(self._backend())}
+        loaded, worker = self._service.loaded_model, self._service.worker
+        state = "draining" if self._draining() else "busy" if worker.busy else "idle"
+        resp.media = {"status": "ok", "state": state, "model": loaded.id if loaded else None,
+                      "queued": worker.queued, "backend": dict(self._backend())}
 
 
 class ModelsResource:
@@ -60,11 +65,15 @@ class ChatCompletionsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = self._codec.chat_request(await read_json(req, self._max_body))
-        if not request.stream:
-            completion = note_completion(req, await self._service.complete(request))
-            resp.media = self._codec.completion(completion)
+        try:
+            if not request.stream:
+                completion = await while_connected(req.scope, self._service.complete(request))
+                resp.media = self._codec.completion(note_completion(req, completion))
+                return
+            events = await while_connected(req.scope, self._service.open_stream(request))
+        except ClientGone:  # its work was cancelled; nobody will read an answer
+            resp.status = CLIENT_CLOSED_REQUEST
             return
-        events = await self._service.open_stream(request)
         resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         resp.sse = sse.render(observe_stream(req, events), request.include_usage)
 
