@@ -8,6 +8,7 @@ travel. Needs no network and no tokenizer: decoding starts from random token ids
 ``generate_step`` (greedy). Prints one JSON line and writes it to --json.
 
 Run (on the device): python bench/gpu.py [--tokens 256] [--runs 5] [--prompt 64] [--json PATH]
+    prefill per chunk size: python bench/gpu.py --prompt 4096 --prefill-chunks 128,256,512,2048
 """
 
 from __future__ import annotations
@@ -166,11 +167,41 @@ def decode(model: Any, prompt: int, tokens: int) -> dict[str, float]:
     return {"ttft_s": first - start, "decode_tps": (count - 1) / (last - first), "tokens": count}
 
 
+def prefill_seconds(model: Any, prompt: int, chunk: int) -> float:
+    """Time to the first token of a `prompt`-token prompt prefilled in `chunk`-token passes."""
+    import mlx.core as mx
+    from mlx_vlm.generate.ar import generate_step
+
+    ids = mx.random.randint(2, 200000, (1, prompt))
+    start = time.perf_counter()
+    for _ in generate_step(ids, model, None, None, max_tokens=1, temperature=0.0,
+                           prefill_step_size=chunk):
+        pass
+    return time.perf_counter() - start
+
+
+def prefill_chunks(model: Any, prompt: int, chunks: list[int], runs: int) -> dict[str, Any]:
+    """--prefill-chunk's trade-off: prefill speed per chunk size (interleaved runs, median) and the
+    mean time of one chunk, about how long a cancelled request keeps the GPU."""
+    prefill_seconds(model, prompt, max(chunks))  # warm-up
+    times: dict[int, list[float]] = {chunk: [] for chunk in chunks}
+    for _ in range(runs):
+        for chunk in chunks:
+            times[chunk].append(prefill_seconds(model, prompt, chunk))
+    base = statistics.median(times[max(chunks)])
+    return {str(chunk): {"prefill_tps": prompt / statistics.median(t),
+                         "s_per_chunk": statistics.median(t) * min(chunk, prompt) / prompt,
+                         "time_vs_largest": statistics.median(t) / base, "values": t}
+            for chunk, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--prefill-chunks", default=None,
+                        help="e.g. 128,256,512,2048: measure prefill per chunk size instead")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import importlib.metadata as md
@@ -181,6 +212,15 @@ def main() -> None:
     start = time.perf_counter()
     model, _ = build(64, 4)
     build_s = time.perf_counter() - start
+    if args.prefill_chunks:
+        chunks = [int(c) for c in args.prefill_chunks.split(",")]
+        report = {"gpu": name, "mlx": md.version("mlx"), "prompt_tokens": args.prompt,
+                  "runs": args.runs, "chunks": prefill_chunks(model, args.prompt, chunks, args.runs)}
+        print(json.dumps(report))
+        if args.json:
+            with open(args.json, "w") as handle:
+                handle.write(json.dumps(report) + "\n")
+        return
     lm_bytes = nbytes(model.language_model.parameters())
     # the embedding table is a separate (quantized) copy of the output projection once quantized: a
     # decode step reads one row of it, and the output projection (lm_head) in full

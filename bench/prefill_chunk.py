@@ -36,7 +36,7 @@ def main() -> None:
     ref = ModelRef("smollm", str(smollm_dir()), Family.GENERIC, 8192)
     first = engines[sizes[0]]
     first.load(ref)
-    text = " ".join(f"word{i % 97}" for i in range(args.tokens))
+    text = " ".join(["The quick brown fox jumps over the lazy dog."] * (args.tokens // 10))
     prompt = first.prepare(PromptInput((Message(Role.USER, (TextPart(text),)),)))
     for engine in engines.values():  # one model in memory, shared: only the chunk size differs
         engine._model, engine._processor, engine._ref = first._model, first._processor, ref

@@ -30,7 +30,8 @@ def server_rss_mb(pid: int) -> float:
 
 
 def one_request(base: str, model: str, stream: bool, cancel: bool, tokens: int) -> tuple[int, float]:
-    body = {"model": model, "max_tokens": tokens, "temperature": 0, "stream": stream,
+    # a stream to be cancelled asks for many tokens, so its client really leaves mid-generation
+    body = {"model": model, "max_tokens": 256 if cancel else tokens, "temperature": 0, "stream": stream,
             "messages": [{"role": "user", "content": f"Say something about {random.random():.3f}."}]}
     started = time.monotonic()
     if not stream:
@@ -93,15 +94,17 @@ def main() -> None:
     print(f"  cancelled {sum(1 for _, _, cancel in plan if cancel)} streams; the server counted: "
           + (", ".join(line.split("{", 1)[1] for line in stopped) or "none"))
     print(f"  latency p50 {statistics.median(latencies):.3f} s, p99 {p99:.3f} s")
-    # compare like with like: the same model loaded, after its first swap back in and at the end
-    swapped_back = [(m, r) for i, (m, r) in enumerate(samples)
-                    if i and m == samples[0][0] and samples[i - 1][0] != m]
-    first = swapped_back[0] if swapped_back else samples[0]
-    last = next((m, r) for m, r in reversed(samples) if m == first[0])
+    # compare like with like: the same model loaded, each time right after it was swapped back in
+    # (a swap clears MLX's buffer cache, so these samples hold the model and one request's buffers)
+    swapped_back = [r for i, (m, r) in enumerate(samples)
+                    if i and m == samples[0][0] and samples[i - 1][0] != m] or [samples[0][1]]
     swaps = sum(1 for a, b in itertools.pairwise(samples) if a[0] != b[0])
-    print(f"  {swaps} swaps; server RSS with {first[0].split('/')[-1]} loaded: after its first swap "
-          f"back {first[1]:.0f} MB, at the end {last[1]:.0f} MB, ratio {last[1] / first[1]:.3f}")
-
+    quartiles = [swapped_back[min(len(swapped_back) - 1, len(swapped_back) * q // 4)]
+                 for q in range(5)]
+    print(f"  {swaps} swaps; server RSS with {samples[0][0].split('/')[-1]} just swapped back in, "
+          f"first/25%/50%/75%/last of {len(swapped_back)}: "
+          + " ".join(f"{r:.0f}" for r in quartiles) + f" MB, ratio last/first "
+          f"{swapped_back[-1] / swapped_back[0]:.3f}; at the very end {samples[-1][1]:.0f} MB")
 
 if __name__ == "__main__":
     main()

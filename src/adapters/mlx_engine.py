@@ -30,9 +30,13 @@ class MlxEngine:
     """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
 
     def __init__(self, cpu_weights: str = "auto", prefix_cache: bool = True,
-                 prefix_cache_mb: int | None = None, prefill_chunk: int = 512) -> None:
+                 prefix_cache_mb: int | None = None, prefill_chunk: int | None = None) -> None:
         self._cpu_weights = cpu_weights
-        self._prefill_chunk = prefill_chunk  # tokens per prefill pass: how soon a cancel is seen
+        # tokens per prefill pass: a cancel is seen between passes. None: by device, measured
+        # (bench/prefill_chunk.py, bench/GPU.md): on the CPU small passes are also the fastest
+        # (128 or 256: 0.7x the time of mlx_vlm's 2048); on a GPU large ones are (H100: 1024 takes
+        # 1.14x the time of 2048, 512 1.32x, and one 1024 pass of a 4B model lasts ~0.1 s)
+        self._prefill_chunk = prefill_chunk
         # KV prefix cache: on by default; budget None = an eighth of RAM, 256 MiB to 4 GiB
         self.prefix = KvPrefixStore(prefix_cache_mb) if prefix_cache else None
         self.weights = "none loaded"  # how the loaded model's weights are held (for /health)
@@ -118,7 +122,7 @@ class MlxEngine:
         results = stream_generate(
             model, processor, "", input_ids=inputs["input_ids"],
             pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
-            prefill_step_size=self._prefill_chunk, **_sampling(params), **extra, **reuse)
+            prefill_step_size=self._chunk(), **_sampling(params), **extra, **reuse)
         generated: list[int] = []  # new token ids: the prefix-cache entry covers them too
         reused_as_planned = False
         guard = _Guard(cancelled)
@@ -142,6 +146,13 @@ class MlxEngine:
             results.close()
             if not guard.tripped:
                 self._keep(plan, cache, generated, reused_as_planned)
+
+    def _chunk(self) -> int:
+        if self._prefill_chunk is None:
+            import mlx.core as mx
+
+            self._prefill_chunk = 1024 if mx.default_device().type == mx.gpu else 128
+        return self._prefill_chunk
 
     def _cache_plan(self, inputs: Mapping[str, Any], prompt: PromptInput) -> CachePlan | None:
         if self.prefix is None or self._ref is None:

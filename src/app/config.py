@@ -40,8 +40,9 @@ class Settings:
     allow_private_image_urls: bool = False
     prefix_cache: bool = True
     prefix_cache_mb: int | None = None  # None: sized from the machine
-    # prompt tokens per prefill pass; a cancel is seen between passes
-    prefill_chunk: int = attrs.field(default=512, validator=attrs.validators.ge(1))
+    # prompt tokens per prefill pass; a cancel is seen between passes. None: by device (MlxEngine)
+    prefill_chunk: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     max_queue: int = 16
     queue_timeout: float = 600.0
     swap_batch: int = 4  # later requests for the loaded model served before an older swap
@@ -71,7 +72,7 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-image-bytes", "max_image_bytes", int, "largest image accepted"),
     ("--prefix-cache-mb", "prefix_cache_mb", int, "KV prefix cache budget (default: from RAM)"),
     ("--prefill-chunk", "prefill_chunk", int, "prompt tokens per prefill pass: a client that "
-     "leaves is noticed between passes"),
+     "leaves is noticed between passes (default: 128 on the CPU, 1024 on a GPU)"),
     ("--max-queue", "max_queue", int, "requests that may wait for the model; more get 503"),
     ("--queue-timeout", "queue_timeout", float, "seconds a request may wait before a 503"),
     ("--swap-batch", "swap_batch", int, "later requests for the loaded model served before a swap"),
