@@ -49,6 +49,7 @@ class MlxEngine:
         return self._ref
 
     def load(self, model: ModelRef) -> None:
+        import mlx.core as mx
         from mlx_vlm.utils import load
 
         self.unload()  # first: the memory check below counts what the old model held
@@ -57,6 +58,12 @@ class MlxEngine:
         try:
             self._model, self._processor = load(model.source)
             self.weights = dequantize_for_cpu(self._model, self._cpu_weights)
+            # NOTE: building the model drew a random init for every parameter from MLX's global
+            # key, each draw splitting the key lazily; the loaded weights replace those draws
+            # unevaluated, so the key stays a chain of every split since start-up, and it grows
+            # with each load (~1 MB per SmolLM2 <-> gemma3 swap pair, bench/RESULTS.md).
+            # Evaluating it collapses the chain.
+            mx.eval(mx.random.state)
         except Exception as exc:  # corrupt weights, unknown architecture, out of memory, ...
             self.unload()
             raise ModelUnavailable(
