@@ -6,8 +6,10 @@ Every method runs on the single generation thread (the domain's GenerationWorker
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
+import os
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +34,7 @@ class MlxEngine:
     def __init__(self, cpu_weights: str = "auto", prefix_cache: bool = True,
                  prefix_cache_mb: int | None = None, prefill_chunk: int | None = None) -> None:
         self._cpu_weights = cpu_weights
+        _steady_heap()
         # tokens per prefill pass: a cancel is seen between passes. None: by device, measured
         # (bench/prefill_chunk.py, bench/GPU.md): on the CPU small passes are also the fastest
         # (128 or 256: 0.7x the time of mlx_vlm's 2048); on a GPU large ones are (H100: 1024 takes
@@ -235,6 +238,22 @@ class _Payload(dict[str, Any]):
     def __init__(self, inputs: Mapping[str, Any], plan: CachePlan | None) -> None:
         super().__init__(inputs)
         self.plan = plan
+
+
+def _steady_heap(threshold: int = 1 << 20) -> None:
+    """glibc only: serve blocks of `threshold` bytes and more with mmap, so that a swapped-out
+    model's weights go back to the OS whole. glibc's default threshold rises to the largest block
+    freed, after which weights come from the heap and swaps fragment it (RSS after a swap wandered
+    by +-100 MB; soak with this: 773 -> 822 MB over 57 swap-backs, bench/RESULTS.md). Blocks below
+    1 MiB (a decode step, a 128-token prefill pass) stay on the heap. MALLOC_MMAP_THRESHOLD_ in the
+    environment (the operator's own choice) wins."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return
+    mallopt(-3, threshold)  # M_MMAP_THRESHOLD
 
 
 def _check_fits(model: ModelRef, available: int | None, headroom: float = 0.9) -> None:
