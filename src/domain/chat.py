@@ -182,10 +182,9 @@ class ChatService:
                 yield from self._answer(run, model, prompt, first_token - started,
                                         itertools.chain([first] if first else [], steps),
                                         cancelled)
-            except GeneratorExit:  # the worker closed us after an event: the client went away
-                if not run.ended:  # (after the last event it may close us too: nothing was lost)
+            finally:  # stopped for a client that left (or closed by the worker after an event)
+                if not run.ended and cancelled():
                     self.metrics.cancelled(model.id, "decode")
-                raise
 
     def _answer(
         self, run: _Run, model: ModelRef, prompt: PreparedPrompt, ttft: float,
@@ -197,8 +196,7 @@ class ChatService:
         yield from run.take(run.parser.feed(run.plan.prefix))  # the model's output continues it
         produced, reason = yield from run.consume(steps, cancelled)
         if produced < 0:
-            self.metrics.cancelled(model.id, "decode")
-            return  # nobody is listening
+            return  # nobody is listening: counted by the caller
         if not run.done:
             yield from run.take(run.parser.feed(run.matcher.flush()) + run.parser.finish())
         yield from run.take([], final=True)

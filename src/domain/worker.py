@@ -134,8 +134,7 @@ class GenerationWorker:
             jumps = jumps + 1 if jumped else 0
             waited = time.monotonic() - job.since
             if job.cancelled.is_set():  # gone since the last look: do not load a model for it
-                job.push((_DONE, None))
-                self.dropped(job.model)
+                self._drop(job)
             elif waited > self.policy.queue_timeout:
                 job.push((_ERROR, ServerBusy(
                     f"The request waited {waited:.0f} s for the model, longer than the server's "
@@ -164,8 +163,12 @@ class GenerationWorker:
         """Drop the waiting jobs whose consumer went away (call with the lock held)."""
         for job in [w for w in self._waiting if w.cancelled.is_set()]:
             self._waiting.remove(job)
-            job.push((_DONE, None))
-            self.dropped(job.model)
+            self._drop(job)
+
+    def _drop(self, job: _Job) -> None:
+        """End a job that never ran: its consumer went away."""
+        job.push((_DONE, None))
+        self.dropped(job.model)
 
     @staticmethod
     def _serve(job: _Job) -> None:
