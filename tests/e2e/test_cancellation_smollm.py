@@ -20,6 +20,9 @@ pytestmark = pytest.mark.slow
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # ~4,000 prompt tokens: tens of seconds of prefill on a CPU, 63 chunks of 64 tokens
 LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 400) + " Summarise this."
+# SmolLM2's end tokens (<|endoftext|>, <|im_end|>) banned: the reply cannot finish before the client
+# leaves (at temperature 1 a story once ended after 17 tokens, and there was nothing to cancel)
+NO_END = {"0": -100, "2": -100}
 SHORT = {"model": "smollm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
 
@@ -78,7 +81,7 @@ def test_leaving_mid_prefill_stops_between_chunks(server: str, stream: bool) -> 
 def test_leaving_mid_decode_stops_within_a_step(server: str, stream: bool) -> None:
     before = cancellations(server).get("decode", 0)
     send_and_leave(server, {"model": "smollm", "stream": stream, "max_tokens": 2000,
-                            "temperature": 1.0, "messages": [
+                            "temperature": 0, "logit_bias": NO_END, "messages": [
                                 {"role": "user", "content": "Write a very long story about a fox."}]},
                    after=2.0)  # the prefill takes a fraction of that; 2,000 tokens take minutes
     waited = next_answer_after_leaving(server)
