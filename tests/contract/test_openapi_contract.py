@@ -23,17 +23,21 @@ from mlx_server.app.config import Settings
 SPEC = Path(__file__).parents[2] / "openapi.yaml"
 MIN_CASES = int(os.environ.get("CONTRACT_MIN_CASES", "1000"))
 SERVED_MODEL = "mlx-community/gemma-3-4b-it-4bit"
+SERVED_SCHEMES = ("data:", "http://", "https://")  # the server's own rule (adapters/images.py)
 TINY_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4"
             "z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC")
 
 
 def steer_images(messages: Any) -> None:
-    """An image URL that stays a string stays valid: make it one the server can decode."""
+    """An image URL of a shape the server takes (a data: URI, an http(s) URL) gets bytes it can
+    decode: no schema can say which bytes are an image or which hosts answer. Any other string is
+    left as generated, so a contract looser than the server's rule shows up as a failure."""
     for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else []:
             image = part.get("image_url") if isinstance(part, dict) else None
-            if isinstance(image, dict) and isinstance(image.get("url"), str):
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(url, str) and url.strip().lower().startswith(SERVED_SCHEMES):
                 image["url"] = TINY_PNG
 
 

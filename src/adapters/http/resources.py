@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import falcon
 import falcon.asgi
 
 from ...domain.chat import ChatService
-from ...domain.errors import InvalidRequest, ModelNotFound
+from ...domain.errors import ModelNotFound
 from ...domain.models import ModelInfo
 from ...domain.ports import ModelCatalog
 from . import sse
 from .codec import ChatCodec
 from .disconnect import ClientGone, while_connected
+from .json_body import read_json
 from .observability import note_completion, observe_stream
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left: in the access log and metrics
@@ -60,11 +59,13 @@ class ModelsResource:
 
 
 class ChatCompletionsResource:
-    def __init__(self, service: ChatService, codec: ChatCodec, max_body_bytes: int) -> None:
-        self._service, self._codec, self._max_body = service, codec, max_body_bytes
+    def __init__(self, service: ChatService, codec: ChatCodec, max_body_bytes: int,
+                 body_timeout: float = 30.0) -> None:
+        self._service, self._codec = service, codec
+        self._max_body, self._body_timeout = max_body_bytes, body_timeout
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        request = self._codec.chat_request(await read_json(req, self._max_body))
+        request = await read_json(req, self._max_body, self._body_timeout, self._codec.chat_request)
         try:
             if not request.stream:
                 completion = await while_connected(req.scope, self._service.complete(request))
@@ -85,21 +86,3 @@ class SpecResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = "application/yaml"
         resp.data = self._body
-
-
-async def read_json(req: falcon.asgi.Request, limit: int) -> Any:
-    if req.content_length is not None and req.content_length > limit:
-        raise falcon.HTTPContentTooLarge(description=_too_large(limit))
-    body = await req.stream.read(limit + 1)
-    if len(body) > limit:
-        raise falcon.HTTPContentTooLarge(description=_too_large(limit))
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request ({exc}). Send valid JSON with "
-            "'Content-Type: application/json'.", code="invalid_json") from exc
-
-
-def _too_large(limit: int) -> str:
-    return f"The request body is larger than the server's limit of {limit} bytes."

@@ -26,6 +26,12 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "moderation": (),
 }
 
+# Fields only meaningful when another is true: field -> (that field, True). openapi.yaml
+# declares the same as dependentSchemas; checked first so that the message names the field sent.
+ONLY_WITH: Mapping[str, tuple[str, Any]] = {"stream_options": ("stream", True)}
+
+ERROR_CODE = "x-mlx-server-error-code"  # a schema's own error code, where `invalid_value` is vaguer
+
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
 
@@ -43,6 +49,7 @@ class RequestValidator:
                 f"The request body must be a JSON object, not {_json_type(body)}.",
                 code="invalid_type")
         _refuse_unsupported(body)
+        _refuse_orphans(body)
         error = best_match(self._validator.iter_errors(body), key=_relevance)
         if error is not None:
             raise _to_domain(_specific(error))
@@ -55,6 +62,14 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
             raise InvalidRequest(
                 f"Unsupported parameter: '{name}' is not supported by this server.",
                 param=name, code="unsupported_parameter")
+
+
+def _refuse_orphans(body: Mapping[str, Any]) -> None:
+    for name, (needed, value) in ONLY_WITH.items():
+        if body.get(name) is not None and body.get(needed) != value:
+            raise InvalidRequest(  # OpenAI's own words
+                f"The '{name}' parameter is only allowed when '{needed}' is enabled.", param=name,
+                code="invalid_value")
 
 
 def _relevance(error: ValidationError) -> tuple[int, int]:
@@ -99,7 +114,7 @@ def _type_union(error: ValidationError, branches: dict[Any, list[ValidationError
 
 
 def _to_domain(error: ValidationError) -> InvalidRequest:
-    path = _param(error.absolute_path)
+    path = param_path(error.absolute_path)
     if error.validator == "required":
         missing = str(error.message).split("'")[1]
         param = f"{path}.{missing}" if path else missing
@@ -114,11 +129,19 @@ def _to_domain(error: ValidationError) -> InvalidRequest:
         return InvalidRequest(
             f"Invalid type for {where}: expected {_expected(error.validator_value)}, "
             f"but got {_json_type(error.instance)}.", param=path or None, code="invalid_type")
-    return InvalidRequest(f"Invalid value for {where}: {error.message}", param=path or None,
-                          code="invalid_value")
+    code = error.schema.get(ERROR_CODE, "invalid_value") if isinstance(error.schema, dict) \
+        else "invalid_value"
+    return InvalidRequest(f"Invalid value for {where}: {_short(error.message)}", param=path or None,
+                          code=code)
 
 
-def _param(path: Any) -> str:
+def _short(message: str, limit: int = 300) -> str:
+    """jsonschema's messages quote the offending value, which may be megabytes long."""
+    return message if len(message) <= limit else f"{message[:limit]}... (cut)"
+
+
+def param_path(path: Any) -> str:
+    """OpenAI's `param` spelling of a JSON path: `messages[2].content[0].image_url.url`."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
