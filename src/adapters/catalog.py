@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -19,6 +20,19 @@ SMOLLM = ModelRef(id="HuggingFaceTB/SmolLM2-135M-Instruct", source="builtin:smol
 
 DEFAULT_ALIASES: Mapping[str, ModelRef] = {"gemma": GEMMA, "qwen": QWEN, "smollm": SMOLLM}
 
+# a name shown back to the client: alias / repo-id shaped only, never a path (see not_found)
+_SHOWN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+
+
+def not_found(name: str, known: str) -> ModelNotFound:
+    """The one 404 for a name that is not a model here. The name is quoted back only when it is
+    shaped like an alias or a repo id: a path, a 10 kB string or control characters are not
+    echoed, so the message of two different paths (one that exists, one that does not) is
+    the same, byte for byte."""
+    shown = repr(name) if _SHOWN.fullmatch(name) else "named in the request"
+    return ModelNotFound(f"The model {shown} does not exist here: it is not an alias, {known}.",
+                         param="model")
+
 
 @attrs.frozen
 class StaticCatalog:
@@ -27,14 +41,13 @@ class StaticCatalog:
     aliases: Mapping[str, ModelRef] = DEFAULT_ALIASES
 
     def resolve(self, name: str) -> ModelRef:
+        """Exact names only: a dict lookup, so no name, however hostile, reaches the disk."""
         if name in self.aliases:
             return self.aliases[name]
         for model in self.aliases.values():
             if model.id == name:
                 return model
-        raise ModelNotFound(
-            f"The model {name!r} does not exist. Known models: {', '.join(self._names())}.",
-            param="model")
+        raise not_found(name, f"nor a known model id. Known models: {', '.join(self._names())}")
 
     def list_models(self) -> Sequence[ModelInfo]:
         by_id: dict[str, list[str]] = {}

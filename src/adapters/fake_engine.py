@@ -20,6 +20,7 @@ from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
+VOCAB_SIZE = 32000  # token ids 0..31999, as a Llama-2-sized tokenizer
 
 
 def tokenize(text: str) -> list[str]:
@@ -50,15 +51,23 @@ def load_replies(path: Path) -> tuple[str, ...]:
 class FakeEngine:
     """Implements the InferenceEngine port. Every model 'loads' instantly."""
 
-    def __init__(self, replies: Sequence[str] = (), delay: float = 0.0) -> None:
+    def __init__(self, replies: Sequence[str] = (), delay: float = 0.0,
+                 vocab_size: int = VOCAB_SIZE) -> None:
         self._replies = itertools.cycle(replies) if replies else None
         self._delay = delay  # seconds per token: a slow stream, for tests of cancellation
+        self._vocab_size = vocab_size
         self._loaded: ModelRef | None = None
         self.loads: list[str] = []  # every model id loaded, in order: lets tests see swaps
 
     @property
     def loaded(self) -> ModelRef | None:
         return self._loaded
+
+    @property
+    def vocab_size(self) -> int | None:
+        """A fixed vocabulary, so that requests naming token ids meet the same bounds as on a
+        real model."""
+        return self._vocab_size if self._loaded is not None else None
 
     def load(self, model: ModelRef) -> None:
         self.unload()

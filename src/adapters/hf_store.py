@@ -1,15 +1,13 @@
-"""The Hugging Face model store: the ModelCatalog port over the hub cache, local paths and the
-built-in SmolLM2. Offline first: a cached snapshot is used without any network request; only
-`fetch` of a missing repo downloads, and only through huggingface_hub's own functions."""
+"""The Hugging Face model store: the ModelCatalog port over the hub cache, the local models the
+operator allowed (LocalModels) and the built-in SmolLM2. Offline first: a cached snapshot is used
+without any network request; only `fetch` of a missing repo downloads, and only through
+huggingface_hub's own functions."""
 
 from __future__ import annotations
 
-import ast
-import functools
 import hashlib
-import importlib.util
-import json
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,10 @@ from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
 from ..domain.errors import DomainError, ModelNotFound, ModelUnavailable
 from ..domain.models import Family, ModelInfo, ModelRef
-from .catalog import GEMMA, QWEN
+from .catalog import GEMMA, QWEN, not_found
 from .gguf_convert import GGUFConversionError, builtin_smollm2_gguf, convert_gguf
+from .local_models import LocalModels
+from .model_files import loadable_model_type, read_config
 
 __all__ = ["ALLOW_PATTERNS", "BUILTIN_ID", "BUILTIN_SOURCE", "DEFAULT_ALIASES", "HuggingFaceStore"]
 
@@ -54,8 +54,8 @@ _FALLBACK_CONTEXT = 8192
 
 
 class HuggingFaceStore:
-    """Models named by alias, hub repo id (`owner/name`), local MLX directory or local GGUF file.
-    Implements the ModelCatalog port."""
+    """Models named by alias, hub repo id (`owner/name`), or an allowed local MLX directory or
+    GGUF file. Implements the ModelCatalog port."""
 
     def __init__(
         self,
@@ -66,35 +66,42 @@ class HuggingFaceStore:
         builtin_gguf: Callable[[], Path | None] = builtin_smollm2_gguf,
         cache_dir: Path | None = None,
         endpoint: str | None = None,
+        local_models: Iterable[str | Path] = (),
+        models_dirs: Iterable[str | Path] = (),
     ) -> None:
         """`offline` defaults to huggingface_hub's HF_HUB_OFFLINE; `cache_dir` and `endpoint`
-        default (None) to the library's own (HF_HUB_CACHE / HF_HOME, HF_ENDPOINT)."""
+        default (None) to the library's own (HF_HUB_CACHE / HF_HOME, HF_ENDPOINT).
+        `local_models` (names from the command line: those that are paths to a model are allowed)
+        and the entries of `models_dirs` are the only local models clients may name; relative
+        paths resolve against the current directory, now."""
         self._converted_dir = Path(converted_dir)
         self._aliases = dict(aliases)
         self._offline = constants.HF_HUB_OFFLINE if offline is None else offline
         self._builtin_gguf = builtin_gguf
         self._cache_dir = cache_dir
         self._endpoint = endpoint
+        self._local = LocalModels(Path(os.getcwd()), local_models, models_dirs)
+
+    def allow(self, name: str) -> bool:
+        """Allow the local model `name` names, as the operator named it (`mlx-server pull PATH`);
+        False when `name` is not a path to a model."""
+        return self._local.allow(name)
 
     # -- ModelCatalog ------------------------------------------------------------------------
 
     def resolve(self, name: str) -> ModelRef:
-        """Alias, built-in id, local directory, local .gguf file or `owner/name` repo id; no
-        network. Raises ModelNotFound for anything else."""
+        """Alias, built-in id, allowed local model or `owner/name` repo id; no network. Raises
+        ModelNotFound for anything else, with one message whatever is on disk. A name reaches
+        the filesystem only as an allowed local model or a valid repo id (the cache lookup)."""
         target = self._aliases.get(name, name)
         if target in (BUILTIN_SOURCE, BUILTIN_ID):
             return ModelRef(id=BUILTIN_ID, source=BUILTIN_SOURCE)
-        path = Path(target).expanduser()
-        if path.is_dir() and (path / "config.json").is_file():
-            return _ref_from_dir(str(path.resolve()), path.resolve())
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            gguf = str(path.resolve())
-            return ModelRef(id=gguf, source=gguf)
+        local = self._local.find(target)
+        if local is not None:
+            return _local_ref(local)
         if "/" not in target or not _valid_repo_id(target):
-            raise ModelNotFound(
-                f"The model {name!r} does not exist: it is not an alias, a Hugging Face repo id "
-                f"(owner/name), a local model directory or a .gguf file. Aliases: {self._alias_list()}.",
-                param="model")
+            raise not_found(name, "a Hugging Face repo id (owner/name) or a local model the server "
+                            f"was started with (--model, --models-dir). Aliases: {self._alias_list()}")
         return self._repo_ref(target)
 
     def fetch(self, model: ModelRef) -> ModelRef:
@@ -103,6 +110,8 @@ class HuggingFaceStore:
             return self._fetch_builtin()
         path = Path(model.source)
         if path.is_absolute():
+            if not self._local.allows(path):  # refs come from resolve: a guard, not a path
+                raise not_found(model.id, "a local model the server was started with")
             if path.is_dir():
                 return _ref_from_dir(model.id, path)
             if path.is_file() and path.suffix.lower() == ".gguf":
@@ -111,9 +120,10 @@ class HuggingFaceStore:
         return _ref_from_dir(model.id, self._snapshot(model.source))
 
     def list_models(self) -> Sequence[ModelInfo]:
-        """The aliases' targets (an alias naming nothing is skipped), then every MLX-loadable
-        model in the hub cache. No network."""
+        """The aliases' targets (an alias naming nothing is skipped), the allowed local models
+        (models dirs rescanned), then every MLX-loadable model in the hub cache. No network."""
         cached = self._scan_cache()
+        self._local.refresh()
         by_target: dict[str, list[str]] = {}
         for alias, target in self._aliases.items():
             by_target.setdefault(target, []).append(alias)
@@ -126,6 +136,11 @@ class HuggingFaceStore:
             infos.setdefault(ref.id, ModelInfo(
                 id=ref.id, created=cached.get(ref.id, 0), owned_by=_owner(ref),
                 aliases=tuple(names), available=self.is_local(ref)))
+        for local in self._local.models():
+            if _listable(local.path):
+                infos.setdefault(str(local.path), ModelInfo(
+                    id=str(local.path), created=_mtime(local.path), owned_by=LOCAL_OWNER,
+                    aliases=local.names, available=True))
         for repo_id, modified in sorted(cached.items()):
             infos.setdefault(repo_id, ModelInfo(id=repo_id, created=modified,
                                                 owned_by=repo_id.split("/")[0]))
@@ -145,7 +160,7 @@ class HuggingFaceStore:
     def _repo_ref(self, repo_id: str) -> ModelRef:
         """A repo's ref before fetch: from its cached config.json if any, else known defaults."""
         path = try_to_load_from_cache(repo_id, "config.json", cache_dir=self._cache_dir)
-        config = _read_config(Path(path), strict=False) if isinstance(path, str) else {}
+        config = read_config(Path(path), strict=False) if isinstance(path, str) else {}
         if config:
             return _ref_from_config(repo_id, repo_id, config)
         known = _KNOWN.get(repo_id)
@@ -196,8 +211,8 @@ class HuggingFaceStore:
             names = {file.file_name for file in revision.files}
             if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
                 continue
-            config = _read_config(Path(revision.snapshot_path) / "config.json", strict=False)
-            if _loadable(str(config.get("model_type", ""))):
+            config = read_config(Path(revision.snapshot_path) / "config.json", strict=False)
+            if loadable_model_type(str(config.get("model_type", ""))):
                 found[repo.repo_id] = int(revision.last_modified)
         return found
 
@@ -262,22 +277,31 @@ def _owner(ref: ModelRef) -> str:
     return ref.id.split("/")[0]
 
 
-def _read_config(path: Path, *, strict: bool = True) -> dict[str, Any]:
-    """config.json as a dict; ModelUnavailable when unreadable (or {} unless `strict`)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
-    except (OSError, ValueError) as exc:
-        if not strict:
-            return {}
-        raise ModelUnavailable(f"The model directory has no usable {path.name}: {exc}",
-                               param="model") from exc
-
-
 def _ref_from_dir(model_id: str, directory: Path) -> ModelRef:
-    return _ref_from_config(model_id, str(directory), _read_config(directory / "config.json"))
+    return _ref_from_config(model_id, str(directory), read_config(directory / "config.json"))
+
+
+def _local_ref(path: Path) -> ModelRef:
+    """An allowed local model's ref, its id its real path: a directory's family and context
+    come from its config; a .gguf file's are known once converted (fetch)."""
+    if path.is_dir():
+        return _ref_from_dir(str(path), path)
+    return ModelRef(id=str(path), source=str(path))
+
+
+def _listable(path: Path) -> bool:
+    """A local model worth listing: a .gguf file, or a directory whose model_type mlx_vlm has."""
+    if not path.is_dir():
+        return path.is_file()
+    config = read_config(path / "config.json", strict=False)
+    return loadable_model_type(str(config.get("model_type", "")))
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return int(path.stat().st_mtime)
+    except OSError:
+        return 0
 
 
 def _ref_from_config(model_id: str, source: str, config: Mapping[str, Any]) -> ModelRef:
@@ -289,36 +313,3 @@ def _ref_from_config(model_id: str, source: str, config: Mapping[str, Any]) -> M
         context = _DEFAULT_CONTEXT.get(family, _FALLBACK_CONTEXT)
     return ModelRef(id=model_id, source=source, family=family, context_length=context,
                     vision="vision_config" in config)
-
-
-def _loadable(model_type: str) -> bool:
-    """Whether mlx_vlm has a model module for `model_type`, checked on disk without importing
-    mlx_vlm (whose import loads MLX)."""
-    if not model_type:
-        return False
-    models = _mlx_vlm_models_dirs()
-    name = model_type.lower()
-    name = _mlx_vlm_remapping().get(name, name)
-    return any((d / name / "__init__.py").is_file() or (d / f"{name}.py").is_file() for d in models)
-
-
-@functools.cache
-def _mlx_vlm_models_dirs() -> tuple[Path, ...]:
-    spec = importlib.util.find_spec("mlx_vlm")  # top-level spec: does not execute mlx_vlm
-    if spec is None or not spec.submodule_search_locations:
-        return ()
-    return tuple(Path(location) / "models" for location in spec.submodule_search_locations)
-
-
-@functools.cache
-def _mlx_vlm_remapping() -> dict[str, str]:
-    """mlx_vlm.utils.MODEL_REMAPPING (e.g. mistral -> llama), read from its source as a literal."""
-    for models in _mlx_vlm_models_dirs():
-        try:
-            tree = ast.parse((models.parent / "utils.py").read_text(encoding="utf-8"))
-            value = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                         and ast.unparse(node.targets[0]) == "MODEL_REMAPPING")
-        except (OSError, SyntaxError, ValueError, StopIteration):
-            continue
-        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-    return {}

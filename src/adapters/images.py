@@ -8,7 +8,8 @@ alphabet (`-_`) is accepted; any other character is `invalid_image`.
 Decoding accepts PNG, JPEG, WebP and GIF (the first frame of animations), checks the pixel count
 from the header before decoding anything, applies EXIF orientation and composites transparency
 onto white. It runs in a worker thread; decoded images are kept in a per-loader LRU keyed by the
-sha256 of the bytes, and concurrent loads of the same bytes share one decode. Cached images are
+sha256 of the bytes, bounded in entries and in decoded bytes (a few large images must not pin
+hundreds of MB), and concurrent loads of the same bytes share one decode. Cached images are
 shared: callers must not mutate them.
 """
 
@@ -33,6 +34,7 @@ __all__ = ["ImagePolicy", "PillowImageLoader", "decode_image", "is_public_addres
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 _URLSAFE = str.maketrans("-_", "+/")
 DEFAULT_POLICY = ImagePolicy()
+CACHE_BYTES = 128 * 2**20  # decoded pixels kept for the next turn: ~10 images of 1920x1080
 
 
 def parse_data_uri(url: str, *, param: str, max_bytes: int) -> bytes:
@@ -104,21 +106,31 @@ def _short(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory a decoded image holds: Pillow stores an RGB pixel in 4 bytes (RGBX)."""
+    return image.width * image.height * max(4, len(image.getbands()))
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 class PillowImageLoader:
     """Implements the `ImageLoader` port. Raises only InvalidImage / InvalidImageUrl, naming
-    `param`. `resolver`, `transport` and `is_allowed_address` are injection points for tests."""
+    `param`. `resolver`, `transport` and `is_allowed_address` are injection points for tests.
+    The cache keeps at most `cache_size` images and `cache_bytes` of decoded pixels, least
+    recently used out first; an image larger than `cache_bytes` alone is not kept."""
 
     def __init__(self, policy: ImagePolicy = DEFAULT_POLICY, *, resolver: Resolver | None = None,
-                 cache_size: int = 64, transport: httpx.AsyncBaseTransport | None = None,
+                 cache_size: int = 64, cache_bytes: int = CACHE_BYTES,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  is_allowed_address: AddressCheck | None = None) -> None:
         self._policy = policy
         self._fetcher = Fetcher(policy, resolver, transport, is_allowed_address)
-        self._cache: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[LoadedImage, int]] = OrderedDict()  # key: (image, bytes)
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self.cached_bytes = 0  # decoded bytes held by the cache now
         self._inflight: dict[str, asyncio.Task[LoadedImage]] = {}
         self.decode_count = 0  # decodes started; cache hits and shared decodes don't count
 
@@ -146,7 +158,7 @@ class PillowImageLoader:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            return cached
+            return cached[0]
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._decode(data, key))
@@ -161,11 +173,23 @@ class PillowImageLoader:
         self.decode_count += 1
         image = await asyncio.to_thread(decode_image, data, max_pixels=self._policy.max_pixels)
         loaded = LoadedImage(key=key, image=image)
-        if self._cache_size > 0:
-            self._cache[key] = loaded
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._keep(loaded, decoded_bytes(image))
         return loaded
+
+    def _keep(self, loaded: LoadedImage, size: int) -> None:
+        """Cache `loaded`, then evict the least recently used until both bounds hold."""
+        if self._cache_size <= 0 or size > self._cache_bytes or loaded.key in self._cache:
+            return
+        self._cache[loaded.key] = (loaded, size)
+        self.cached_bytes += size
+        while len(self._cache) > self._cache_size or self.cached_bytes > self._cache_bytes:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self.cached_bytes -= dropped
+
+    @property
+    def cached_keys(self) -> list[str]:
+        """The cached images' keys, least recently used first."""
+        return list(self._cache)
 
     def _settled(self, key: str, task: asyncio.Task[LoadedImage]) -> None:
         if self._inflight.get(key) is task:

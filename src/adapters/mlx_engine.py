@@ -21,6 +21,7 @@ from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
 from .dequantize import available_memory_bytes, dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
+from .model_files import check_model_dir
 from .structured import json_logits_processor
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,18 @@ class MlxEngine:
     def loaded(self) -> ModelRef | None:
         return self._ref
 
+    @property
+    def vocab_size(self) -> int | None:
+        """The loaded model's logits width (see _logits_width); None with no model loaded."""
+        return _logits_width(self._model, self._processor) if self._model is not None else None
+
     def load(self, model: ModelRef) -> None:
         import mlx.core as mx
         from mlx_vlm.utils import load
 
-        self.unload()  # first: the memory check below counts what the old model held
-        _check_fits(model, available_memory_bytes())
+        needed = self._preflight(model)  # before the release: refused, the old model serves on
+        self.unload()
+        _check_fits(model, available_memory_bytes(), needed=needed)  # exact, the old model gone
         log.info("loading %s from %s", model.id, model.source)
         try:
             self._model, self._processor = load(model.source)
@@ -74,6 +81,25 @@ class MlxEngine:
                 "Check its files, or choose another model.", param="model") from exc
         self._ref = model
         log.info("%s loaded: %s", model.id, self.weights)
+
+    def _preflight(self, model: ModelRef) -> int:
+        """Everything about `model` that can be checked while the current model is still loaded:
+        its files (check_model_dir) and whether it could fit once the current one is released
+        (MemAvailable plus what MLX holds for it: optimistic, the exact check follows the
+        release). Returns its weights' size in bytes."""
+        import mlx.core as mx
+
+        directory = Path(model.source)
+        if not directory.is_dir():
+            raise ModelUnavailable(f"The model {model.id!r} is not a local model directory.",
+                                   param="model")
+        needed = check_model_dir(model.id, directory)
+        available = available_memory_bytes()
+        if available is not None and self._ref is not None:
+            held = mx.get_active_memory() + mx.get_cache_memory()
+            available += max(held, _weight_bytes(Path(self._ref.source)))
+        _check_fits(model, available, needed=needed)
+        return needed
 
     def unload(self) -> None:
         """Drop every reference to the model, collect, and hand MLX's buffer cache back."""
@@ -256,16 +282,49 @@ def _steady_heap(threshold: int = 1 << 20) -> None:
     mallopt(-3, threshold)  # M_MMAP_THRESHOLD
 
 
-def _check_fits(model: ModelRef, available: int | None, headroom: float = 0.9) -> None:
+def _check_fits(model: ModelRef, available: int | None, headroom: float = 0.9, *,
+                needed: int | None = None) -> None:
     """Refuse a model whose weight files alone exceed the memory there is, instead of letting the
-    load push the machine into swap or the OOM killer."""
-    files = Path(model.source).glob("*.safetensors") if Path(model.source).is_dir() else []
-    needed = sum(path.stat().st_size for path in files)
+    load push the machine into swap or the OOM killer. `needed` defaults to the files' size."""
+    if needed is None:
+        needed = _weight_bytes(Path(model.source))
     if available is not None and needed > headroom * available:
         raise ModelUnavailable(
             f"The model {model.id!r} needs about {needed / 2**30:.1f} GiB for its weights, but only "
             f"{available / 2**30:.1f} GiB of memory is available. Free memory, or choose a smaller "
             "model.", param="model")
+
+
+def _weight_bytes(directory: Path) -> int:
+    """The size of a model directory's *.safetensors files; what cannot be read counts 0."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for path in directory.glob("*.safetensors"):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total
+
+
+def _logits_width(model: Any, processor: Any) -> int:
+    """How many logits the model scores per step, read from its weights: the rows of its output
+    projection (`lm_head`) and of its input embedding (the same matrix when tied). This, not the
+    tokenizer's length, bounds the token ids MLX indexes with (they differ when the embedding is
+    padded: Qwen's tokenizer counts 151,665 tokens for 151,936 rows). Where both exist the smaller
+    wins: a biased token is sampled from the logits and then embedded. Falls back to the config's
+    vocab_size, then to the tokenizer, for architectures that name them otherwise."""
+    language = getattr(model, "language_model", model)
+    rows = []
+    for owner, name in ((language, "lm_head"), (getattr(language, "model", None), "embed_tokens")):
+        weight = getattr(getattr(owner, name, None), "weight", None)
+        if getattr(weight, "ndim", 0) == 2:
+            rows.append(int(weight.shape[0]))  # type: ignore[union-attr]
+    if rows:
+        return min(rows)
+    config = getattr(model, "config", None)
+    for section in (getattr(config, "text_config", None), config):
+        if isinstance(size := getattr(section, "vocab_size", None), int) and size > 0:
+            return size
+    return len(getattr(processor, "tokenizer", processor))
 
 
 def _sampling(params: SamplingParams) -> dict[str, Any]:

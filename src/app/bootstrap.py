@@ -10,6 +10,7 @@ from ..adapters.catalog import StaticCatalog
 from ..adapters.fake_engine import FakeEngine, load_replies
 from ..adapters.http.app import HttpOptions, create_app
 from ..adapters.http.disconnect import DisconnectWatch
+from ..adapters.http.perimeter import allowed_hosts_for
 from ..adapters.metrics import PrometheusMetrics
 from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
@@ -49,7 +50,9 @@ def build_catalog(settings: Settings) -> ModelCatalog:
         return StaticCatalog()
     from ..adapters.hf_store import HuggingFaceStore
 
-    return HuggingFaceStore(settings.cache_dir)
+    # local paths are opt-in: those named on the command line and the models dirs' entries
+    named = [name for name in (settings.model, settings.fallback_model) if name]
+    return HuggingFaceStore(settings.cache_dir, local_models=named, models_dirs=settings.models_dirs)
 
 
 def build_images(settings: Settings) -> ImageLoader:
@@ -87,7 +90,12 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
     log.info("backend: %s", ", ".join(f"{key}={value}" for key, value in backend().items()))
     options = HttpOptions(max_body_bytes=settings.max_body_bytes, preload=settings.model,
                           fallback=settings.fallback_model, api_key=settings.api_key,
-                          cors_origins=settings.cors_origins, idle_unload=settings.idle_unload)
+                          metrics_auth=settings.metrics_auth,
+                          cors_origins=settings.cors_origins, idle_unload=settings.idle_unload,
+                          allowed_hosts=allowed_hosts_for(settings.host, settings.allowed_hosts),
+                          body_timeout=settings.body_timeout)
+    if settings.metrics_auth and not settings.api_key:
+        log.warning("--metrics-auth has no effect without --api-key: /metrics stays open")
     return create_app(service, catalog, spec_text(), options, backend=backend, metrics=metrics)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..adapters.http.transport import head_deadline_protocol
 from .bootstrap import build
 from .config import add_serve_arguments, settings_from_args, settings_from_env
 
@@ -36,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                lifespan="on", timeout_graceful_shutdown=5)
+                lifespan="on", timeout_graceful_shutdown=5,
+                http=head_deadline_protocol(settings.header_timeout),  # h11, with a head deadline
+                timeout_keep_alive=settings.keep_alive_timeout)
 
 
 def _store_command(args: list[str]) -> int:

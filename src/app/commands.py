@@ -19,7 +19,11 @@ def pull(store: HuggingFaceStore, name: str, out: TextIO = sys.stdout) -> int:
 
     Exit codes: 0 done; 1 the model exists but cannot be made local now (offline, hub
     unreachable, gated repo, conversion failure); 2 no such model (bad name or unknown repo).
-    On failure the error message goes to `out`, prefixed with ``error:``."""
+    On failure the error message goes to `out`, prefixed with ``error:``.
+
+    A local path is allowed here whatever the server would allow: on the command line, the
+    operator named it."""
+    store.allow(name)
     try:
         ref = store.fetch(store.resolve(name))
     except ModelNotFound as exc:

@@ -34,6 +34,9 @@ class Settings:
     fake_replies: Path | None = None
     fake_delay: float = 0.0  # fake engine: seconds per token (tests of slow streams)
     cache_dir: Path = attrs.field(factory=lambda: _cache_dir(os.environ))  # converted GGUF models
+    # directories whose model directories / .gguf files clients may name; other local paths
+    # are servable only when given as --model / --fallback-model
+    models_dirs: tuple[Path, ...] = ()
     max_body_mb: float = 64.0
     max_tokens_cap: int = 4096
     max_image_bytes: int = 20 * 1024 * 1024
@@ -48,7 +51,13 @@ class Settings:
     swap_batch: int = 4  # later requests for the loaded model served before an older swap
     idle_unload: float = 0.0  # seconds without requests before the model is freed; 0: never
     api_key: str | None = attrs.field(default=None, repr=False)
+    metrics_auth: bool = False  # /metrics behind the API key too
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beyond loopback ones; "*": any
+    # seconds: an idle connection is closed; a request's head, then its body, must arrive whole
+    keep_alive_timeout: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    header_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    body_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     log_level: str = "info"
 
     @property
@@ -77,13 +86,18 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--queue-timeout", "queue_timeout", float, "seconds a request may wait before a 503"),
     ("--swap-batch", "swap_batch", int, "later requests for the loaded model served before a swap"),
     ("--idle-unload", "idle_unload", float, "free the model after this many idle seconds (0: never)"),
-    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on /v1/*"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on all but /health, "
+     "/openapi.yaml and /metrics"),
+    ("--keep-alive-timeout", "keep_alive_timeout", int, "seconds an idle connection stays open"),
+    ("--header-timeout", "header_timeout", float, "seconds a request's headers may take to arrive"),
+    ("--body-timeout", "body_timeout", float, "seconds a request body may take to arrive (408)"),
     ("--log-level", "log_level", str, "|".join(LOG_LEVELS)),
 )
 _SWITCHES = (  # flag -> (Settings field, value when given, help)
     ("--allow-private-image-urls", "allow_private_image_urls", True,
      "let image URLs reach loopback/private addresses (local setups only)"),
     ("--no-prefix-cache", "prefix_cache", False, "turn the KV prefix cache off"),
+    ("--metrics-auth", "metrics_auth", True, "put /metrics behind --api-key too"),
 )
 _CHOICES = {"engine": ENGINES, "cpu_weights": ("auto", "dequantize", "keep"), "log_level": LOG_LEVELS}
 
@@ -102,6 +116,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
     origins = environ.get("MLX_SERVER_CORS_ORIGINS", "")
     parser.add_argument("--cors-origins", dest="cors_origins", default=origins,
                         help="comma-separated origins browsers may call from (default: none)")
+    parser.add_argument("--models-dir", dest="models_dirs", action="append", default=None, metavar="DIR",
+                        help="serve the model directories and .gguf files in this directory "
+                             "(repeatable or comma-separated); other local paths are refused")
+    parser.set_defaults(models_dirs_env=environ.get("MLX_SERVER_MODELS_DIR", ""))
+    parser.add_argument("--allowed-hosts", dest="allowed_hosts",
+                        default=environ.get("MLX_SERVER_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host names answered besides localhost/127.0.0.1/"
+                             "[::1] ('*': any; default: any when --host is not loopback)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -109,8 +131,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
               if hasattr(args, field.name)}
     values["fallback_model"] = values.get("fallback_model") or None
     values["api_key"] = values.get("api_key") or None
-    values["cors_origins"] = tuple(o.strip() for o in str(values.get("cors_origins", "")).split(",")
-                                   if o.strip())
+    values["cors_origins"] = _comma_list(values.get("cors_origins"))
+    values["allowed_hosts"] = _comma_list(values.get("allowed_hosts"))
+    dirs = values.get("models_dirs") or [getattr(args, "models_dirs_env", "")]  # flags win
+    values["models_dirs"] = tuple(Path(d) for item in dirs for d in _comma_list(item))
     return Settings(**values)
 
 
@@ -119,6 +143,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser, os.environ if environ is None else environ)
     return settings_from_args(parser.parse_args([]))
+
+
+def _comma_list(value: object) -> tuple[str, ...]:
+    return tuple(item.strip() for item in str(value or "").split(",") if item.strip())
 
 
 def _env_name(flag: str) -> str:

@@ -7,11 +7,13 @@ lets running requests and streams finish, and is killed after `graceful_timeout`
 """
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 from gunicorn.glogging import CONFIG_DEFAULTS
+from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from ..adapters.cpu_fastpath import ensure_fast_blas
+from ..adapters.http.transport import head_deadline_protocol
 from .config import settings_from_env
 
 # In the master, before it forks: a worker must never re-exec (it would become a new master).
@@ -19,12 +21,20 @@ ensure_fast_blas()
 
 _settings = settings_from_env()
 
-worker_class = "uvicorn_worker.UvicornWorker"
+
+class Worker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker has no type hints
+    """uvicorn's worker with the head deadline of `mlx-server` (h11: see adapters/http/transport)."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {**UvicornWorker.CONFIG_KWARGS,
+                     "http": head_deadline_protocol(_settings.header_timeout)}
+
+
+worker_class = Worker
 workers = 1
 bind = f"{_settings.host}:{_settings.port}"
 graceful_timeout = 10  # seconds a running stream gets to finish after SIGTERM
 timeout = 120  # a worker silent this long is restarted (a model load may take a while)
-keepalive = 5
+keepalive = _settings.keep_alive_timeout  # uvicorn's timeout_keep_alive: idle connections close
 
 # gunicorn's own logging, plus ours: the `mlx_server.access` line per request and the server's log
 logconfig_dict: dict[str, Any] = copy.deepcopy(CONFIG_DEFAULTS)

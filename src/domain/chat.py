@@ -36,6 +36,7 @@ from .ports import (
     PreparedPrompt,
     PromptInput,
 )
+from .sampling_checks import check_sampling
 from .stops import StopMatcher
 from .tool_calls import (
     CallArguments,
@@ -98,6 +99,7 @@ class ChatService:
         """Start generating; errors before the first token (unknown model, prompt too long)
         raise here, so the caller can still answer with a proper status."""
         _check_tools(request)
+        check_sampling(request.sampling)  # the model-independent ranges, before queueing
         model = await asyncio.to_thread(self.catalog.resolve, request.model)
         plan_tools(request, model)  # refuse tools the model cannot call before loading anything
         images = await self._load_images(request, model)  # before queueing for the engine
@@ -163,6 +165,8 @@ class ChatService:
         cancelled: Cancelled,
     ) -> Generator[StreamEvent, None, None]:
         model = self._ensure_loaded(model)  # the fetched model's family may differ: plan again
+        # token ids and counts against the model now loaded: MLX does not bounds-check them
+        check_sampling(request.sampling, self.engine.vocab_size)
         plan = plan_tools(request, model)
         prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
                                                  plan.prefix))
@@ -288,12 +292,15 @@ def _check_tools(request: ChatRequest) -> None:
 
 
 def _engine_faults(events: Generator[StreamEvent, None, None]) -> Generator[StreamEvent, None, None]:
-    """Whatever an engine raises that is not a domain error is a server fault: say so plainly."""
+    """Whatever an engine raises that is not a domain error is a server fault: say so plainly.
+    That includes BaseExceptions other than the interpreter's own control flow: a native
+    extension's panic (pyo3's PanicException) is one, and must not escape as something no
+    handler expects."""
     try:
         yield from events
-    except DomainError:
+    except (DomainError, GeneratorExit, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise EngineFailure(f"Inference failed: {type(exc).__name__}: {exc}") from exc
 
 

@@ -54,9 +54,16 @@ class InferenceEngine(Protocol):
     def loaded(self) -> ModelRef | None:
         """The model in memory, if any."""
 
+    @property
+    def vocab_size(self) -> int | None:
+        """The loaded model's vocabulary as the sampler sees it: the width of its output logits
+        (which may exceed the tokenizer's own count: padded embedding rows). Token ids a request
+        names (`logit_bias`) must lie in [0, vocab_size). None when no model is loaded."""
+
     def load(self, model: ModelRef) -> None:
-        """Load `model`, releasing the current one first. Raises ModelUnavailable on failure,
-        leaving the engine with no model loaded."""
+        """Load `model`, releasing the current one first. Raises ModelUnavailable on failure:
+        found before the release (its files, its size), the current model stays loaded;
+        found by the load itself, no model is loaded."""
 
     def unload(self) -> None:
         """Drop every reference to the current model and free its memory."""
@@ -78,8 +85,9 @@ class ModelCatalog(Protocol):
     """Knows which models exist, under which names, and whether they are here."""
 
     def resolve(self, name: str) -> ModelRef:
-        """Map an alias, repo id or path to a model, without network access.
-        Raises ModelNotFound when `name` cannot name a model."""
+        """Map an alias, repo id or allowed local path to a model, without network access.
+        Raises ModelNotFound when `name` cannot name a model (a path not allowed included),
+        never anything else for a string, however hostile."""
 
     def fetch(self, model: ModelRef) -> ModelRef:
         """Make `model` loadable: its files local (downloaded if missing and allowed, converted if

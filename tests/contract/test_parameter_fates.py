@@ -58,6 +58,8 @@ def test_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestCl
     body = {**BASE, name: ACCEPTED[name]}
     if name == "top_logprobs":
         body["logprobs"] = True
+    if name == "stream_options":
+        body["stream"] = True
     if name == "tool_choice":
         body["tools"] = ACCEPTED["tools"]
     result = client.simulate_post("/v1/chat/completions", json=body)

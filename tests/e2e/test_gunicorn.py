@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 WORDS = " ".join(f"w{i}" for i in range(30))  # the fake engine echoes it: ~33 tokens
 DELAY = 0.05  # seconds per token: the stream runs ~1.7 s
 GRACEFUL_TIMEOUT = 10  # as in gunicorn_conf (importing that here would run its setup)
+IDLE = 2  # seconds: keep-alive and request-head timeouts
 
 
 @pytest.fixture
@@ -29,7 +31,8 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Pat
     log = tmp_path / "gunicorn.log"
     env = {**os.environ, "MLX_SERVER_ENGINE": "fake", "MLX_SERVER_HOST": "127.0.0.1",
            "MLX_SERVER_PORT": str(port), "MLX_SERVER_MODEL": "gemma",
-           "MLX_SERVER_FAKE_DELAY": str(DELAY)}
+           "MLX_SERVER_FAKE_DELAY": str(DELAY), "MLX_SERVER_KEEP_ALIVE_TIMEOUT": str(IDLE),
+           "MLX_SERVER_HEADER_TIMEOUT": str(IDLE)}
     process = subprocess.Popen([str(GUNICORN), "-c", "python:mlx_server.app.gunicorn_conf",
                                 "mlx_server.app.asgi:create()"],
                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -90,3 +93,20 @@ def test_serves_and_drains_on_sigterm(
     output = log.read_text()
     assert "route=/v1/chat/completions status=200" in output  # the access log reaches gunicorn's
     assert "shutting down: refusing new work" in output
+
+
+def test_idle_and_slow_connections_are_closed(
+    gunicorn: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    """The worker runs mlx-server's protocol: a silent connection and a trickled request head are
+    closed after the configured seconds, as under `mlx-server` itself (tests/e2e/test_timeouts.py)."""
+    _, base, _ = gunicorn
+    address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    for opening in (b"", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"):
+        with socket.create_connection(address, timeout=IDLE + 5) as sock:
+            sock.sendall(opening)
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # closed, not timed out (TimeoutError) on our side
+            assert time.monotonic() - started < IDLE + 3
+    evil = httpx.get(f"{base}/health", headers={"Host": "evil.example"})
+    assert evil.status_code == 421  # bound to loopback: DNS rebinding is refused

@@ -281,12 +281,16 @@ def test_local_directory(online: HuggingFaceStore, tmp_path: Path,
     model.mkdir(parents=True)
     (model / "config.json").write_text(json.dumps(
         {"model_type": "qwen3_vl", "text_config": {"max_position_embeddings": 4096}}))
-    monkeypatch.chdir(tmp_path)
-    ref = online.resolve("models/mine")
-    assert ref == online.resolve(str(model))
+    with pytest.raises(ModelNotFound):  # local paths are opt-in
+        online.resolve(str(model))
+    monkeypatch.chdir(tmp_path)  # a relative --model resolves against the directory at start
+    store = HuggingFaceStore(tmp_path / "converted", offline=True, local_models=["models/mine"])
+    monkeypatch.chdir("/")
+    ref = store.resolve("models/mine")
+    assert ref == store.resolve(str(model)) == store.resolve(str(model) + "/")
     assert (ref.id, ref.source, ref.family, ref.context_length) == (
         str(model), str(model), Family.QWEN3_VL, 4096)
-    assert online.fetch(ref) == ref and online.is_local(ref)
+    assert store.fetch(ref) == ref and store.is_local(ref)
 
 
 @pytest.fixture(scope="module")
@@ -297,8 +301,8 @@ def gguf_file() -> Path:
 
 
 @pytest.mark.slow
-def test_local_gguf_is_converted_once(online: HuggingFaceStore, tmp_path: Path,
-                                      gguf_file: Path) -> None:
+def test_local_gguf_is_converted_once(cache: Path, tmp_path: Path, gguf_file: Path) -> None:
+    online = HuggingFaceStore(tmp_path / "converted", offline=True, local_models=[gguf_file])
     ref = online.resolve(str(gguf_file))
     assert ref.id == str(gguf_file.resolve())
     first = online.fetch(ref)
@@ -351,6 +355,19 @@ def test_pull_failures(online: HuggingFaceStore, name: str, code: int, text: str
     out = io.StringIO()
     assert pull(online, name, out) == code
     assert out.getvalue().startswith("error: ") and text in out.getvalue()
+
+
+def test_pull_takes_any_local_path_the_operator_names(online: HuggingFaceStore,
+                                                     tmp_path: Path) -> None:
+    model = tmp_path / "anywhere" / "mine"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    out = io.StringIO()
+    assert pull(online, str(model), out) == 0  # on the command line: the operator's own path
+    assert out.getvalue().strip() == str(model)
+    missing = io.StringIO()
+    assert pull(online, str(tmp_path / "nothing-here"), missing) == 2
+    assert missing.getvalue().startswith("error: ")
 
 
 def test_pull_offline_miss(cache: Path, tmp_path: Path) -> None:

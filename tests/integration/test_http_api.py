@@ -130,7 +130,8 @@ def test_unknown_fields_and_no_op_values_are_tolerated(client: falcon.testing.Te
 
 
 def test_invalid_json_and_non_object_bodies(client: falcon.testing.TestClient) -> None:
-    assert_error(client.simulate_post("/v1/chat/completions", body="{nope"), 400, "invalid_json")
+    assert_error(client.simulate_post("/v1/chat/completions", body="{nope", content_type="application/json"),
+                 400, "invalid_json")
     assert_error(client.simulate_post("/v1/chat/completions", json=[1]), 400, "invalid_type")
 
 

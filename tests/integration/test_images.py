@@ -364,6 +364,27 @@ def test_cache_is_bounded_and_can_be_disabled() -> None:
     run(scenario())
 
 
+def test_cache_is_bounded_in_decoded_bytes_least_recently_used_out_first() -> None:
+    async def scenario() -> None:
+        # 10x10 RGB: 400 decoded bytes each (Pillow keeps 4 bytes a pixel); room for two
+        uris = [data_uri(encode(Image.new("RGB", (10, 10), (i, 0, 0)), "PNG")) for i in range(4)]
+        loader = PillowImageLoader(cache_bytes=1000)
+        keys = [(await loader.load(uri, param=PARAM)).key for uri in uris[:2]]
+        await loader.load(uris[0], param=PARAM)  # a hit: uris[0] is now the most recent
+        assert loader.decode_count == 2 and loader.cached_keys == [keys[1], keys[0]]
+        third = (await loader.load(uris[2], param=PARAM)).key
+        assert loader.cached_keys == [keys[0], third]  # uris[1], least recently used, went out
+        assert loader.cached_bytes == 800 <= 1000
+        await loader.load(uris[1], param=PARAM)
+        assert loader.decode_count == 4 and loader.cached_bytes <= 1000
+        big = data_uri(encode(Image.new("RGB", (20, 20), (5, 5, 5)), "PNG"))  # 1600 bytes decoded
+        await loader.load(big, param=PARAM)
+        await loader.load(big, param=PARAM)
+        assert loader.decode_count == 6  # larger than the whole budget: never kept
+        assert loader.cached_bytes <= 1000 and len(loader.cached_keys) == 2
+    run(scenario())
+
+
 def test_url_and_data_uri_of_same_bytes_share_the_key() -> None:
     async def scenario() -> None:
         async with Server({"/a.png": body(PNG_1X1)}) as server:

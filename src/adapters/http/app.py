@@ -21,13 +21,14 @@ from .codec import ChatCodec
 from .disconnect import DisconnectWatch
 from .errors import AsgiApp
 from .observability import MetricsResource, ObservabilityMiddleware
+from .perimeter import Perimeter
 from .resources import (
     ChatCompletionsResource,
     HealthResource,
     ModelsResource,
     SpecResource,
 )
-from .security import ApiKeyAuth
+from .security import OPEN_PATHS, ApiKeyAuth
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,13 @@ class HttpOptions:
     max_body_bytes: int = 64 * 1024 * 1024
     preload: str | None = None  # model loaded at startup
     fallback: str | None = None  # loaded instead when `preload` cannot be had
-    api_key: str | None = None  # required on /v1/* when set
+    api_key: str | None = None  # required on every path but /health, the spec (and /metrics)
+    metrics_auth: bool = False  # /metrics needs the API key too
     cors_origins: tuple[str, ...] = ()  # browser origins allowed; none by default
     idle_unload: float = 0.0  # free the model after this many idle seconds; 0: never
+    # Host names answered beyond loopback ones; None: any (see perimeter.allowed_hosts_for)
+    allowed_hosts: tuple[str, ...] | None = ()
+    body_timeout: float = 30.0  # seconds a request body may take to arrive whole
 
 
 class Lifecycle:
@@ -89,8 +94,10 @@ def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
     if options.cors_origins:
         origins = "*" if "*" in options.cors_origins else list(options.cors_origins)
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Retry-After"]))
+    middleware.append(Perimeter(options.allowed_hosts))  # Host and path before the key
     if options.api_key:
-        middleware.append(ApiKeyAuth(options.api_key))
+        open_paths = OPEN_PATHS if options.metrics_auth else OPEN_PATHS | {"/metrics"}
+        middleware.append(ApiKeyAuth(options.api_key, open_paths))
     observability = ObservabilityMiddleware(metrics)
     middleware.insert(0, observability)  # first in, last out: sees it all
     app: AsgiApp = falcon.asgi.App(middleware=middleware)
@@ -100,7 +107,8 @@ def create_app(service: ChatService, catalog: ModelCatalog, spec_text: str,
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/v1/chat/completions",
-                  ChatCompletionsResource(service, codec, options.max_body_bytes))
+                  ChatCompletionsResource(service, codec, options.max_body_bytes,
+                                          body_timeout=options.body_timeout))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))

@@ -19,8 +19,9 @@ from ...domain.errors import (
 log = logging.getLogger(__name__)
 AsgiApp = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
-_HTTP_CODES = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed",
-               413: "request_too_large", 415: "unsupported_media_type", 400: "invalid_request"}
+_HTTP_CODES = {401: "invalid_api_key", 404: "unknown_url", 405: "method_not_allowed", 408: "request_timeout",
+               413: "request_too_large", 415: "unsupported_media_type", 400: "invalid_request",
+               421: "host_not_allowed"}
 
 
 def status_of(error: DomainError) -> int:

@@ -1,25 +1,61 @@
-"""Optional API key on /v1/*: `Authorization: Bearer KEY`, compared in constant time."""
+"""Optional API key: with `--api-key`, every path needs `Authorization: Bearer KEY` except a short
+list of open ones.
+
+Default-deny, because a check that lists what it protects ("/v1/...") misses every other spelling
+the router also accepts (`//v1/...`) and every route added later. The open list is compared on the
+path as the router sees it (percent-decoded, slashes collapsed, no trailing slash), so no spelling
+of a protected route can look open. The key is compared in constant time over fixed-length digests,
+so neither its content nor its length leaks through timing.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 
 import falcon
 import falcon.asgi
 
+OPEN_PATHS = frozenset({"/health", "/openapi.yaml"})  # a future chat page at "/" joins here
+_SLASHES = re.compile(r"/+")
+
+
+def normalised(path: str) -> str:
+    """`path` with repeated slashes collapsed and no trailing slash (Falcon has decoded it)."""
+    collapsed = _SLASHES.sub("/", path)
+    return collapsed.rstrip("/") or "/"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The credentials of `Authorization: Bearer TOKEN`; the scheme is case-insensitive
+    (RFC 9110 section 11.1). None for another scheme or none."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
 
 class ApiKeyAuth:
-    """Falcon middleware. /health and the spec stay open; CORS preflights pass."""
+    """Falcon middleware. `open_paths` stay open (/health, the spec; /metrics unless
+    --metrics-auth); CORS preflights pass, since browsers never send credentials with them."""
 
-    def __init__(self, key: str) -> None:
-        self._expected = f"Bearer {key}".encode()
+    def __init__(self, key: str, open_paths: frozenset[str] = OPEN_PATHS) -> None:
+        self._expected = _digest(key)
+        self._open = frozenset(normalised(path) for path in open_paths)
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        if not req.path.startswith("/v1/") or req.method == "OPTIONS":
+        if normalised(req.path) in self._open or _is_preflight(req):
             return
-        given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self._expected):
+        token = bearer_token(req.get_header("Authorization"))
+        if token is None or not hmac.compare_digest(_digest(token), self._expected):
             raise falcon.HTTPUnauthorized(
                 title="invalid_api_key", challenges=["Bearer"],
                 description="Incorrect or missing API key: send 'Authorization: Bearer <key>' with "
                             "the key the server was started with (--api-key).")
+
+
+def _is_preflight(req: falcon.asgi.Request) -> bool:
+    return req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method") is not None
