@@ -74,7 +74,7 @@ def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                                                            settings.queue_timeout,
                                                            settings.swap_batch)),
                        metrics=metrics or NoMetrics(),
-                       max_tokens_cap=settings.max_tokens_cap)
+                       max_tokens_cap=settings.max_tokens_cap, max_images=settings.max_images)
 
 
 def build(settings: Settings, *, engine: InferenceEngine | None = None,

@@ -40,6 +40,8 @@ class Settings:
     max_body_mb: float = 64.0
     max_tokens_cap: int = 4096
     max_image_bytes: int = 20 * 1024 * 1024
+    # images one request may carry: each is decoded whole (up to 40 MP) before it queues
+    max_images: int = attrs.field(default=16, validator=attrs.validators.ge(0))
     allow_private_image_urls: bool = False
     prefix_cache: bool = True
     prefix_cache_mb: int | None = None  # None: sized from the machine
@@ -79,6 +81,7 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-body-mb", "max_body_mb", float, "larger request bodies get 413"),
     ("--max-tokens-cap", "max_tokens_cap", int, "completion length when a request sets none"),
     ("--max-image-bytes", "max_image_bytes", int, "largest image accepted"),
+    ("--max-images", "max_images", int, "images one request may carry; more get 400"),
     ("--prefix-cache-mb", "prefix_cache_mb", int, "KV prefix cache budget (default: from RAM)"),
     ("--prefill-chunk", "prefill_chunk", int, "prompt tokens per prefill pass: a client that "
      "leaves is noticed between passes (default: 128 on the CPU, 1024 on a GPU)"),

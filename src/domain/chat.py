@@ -62,6 +62,7 @@ class ChatService:
     images: ImageLoader | None = None
     metrics: Metrics = attrs.field(factory=NoMetrics)
     max_tokens_cap: int = 4096  # completion length when the request sets none
+    max_images: int = 16  # per request: each is fetched and decoded whole before it queues
 
     last_used: float = 0.0  # clock time of the last request (idle unload)
 
@@ -152,6 +153,10 @@ class ChatService:
             raise InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
                                  "Send text only, or choose a vision model (gemma, qwen).",
                                  param=jobs[0][0], code="unsupported_value")
+        if len(jobs) > self.max_images:
+            raise InvalidRequest(
+                f"The request has {len(jobs)} images; this server takes at most {self.max_images} "
+                "per request (--max-images).", param=jobs[self.max_images][0], code="invalid_value")
         loader = self.images
         tasks = [asyncio.ensure_future(loader.load(url, param=param)) for param, url in jobs]
         try:

@@ -23,6 +23,9 @@ from .errors import InvalidRequest
 LOGIT_BIAS = 100.0  # OpenAI: each bias lies in [-100, 100]
 TOP_LOGPROBS = 20  # OpenAI: 0 to 20 alternatives per position
 SEED_BITS = 64  # OpenAI: a signed 64-bit integer
+# a stop sequence is matched against the text as it grows, costing up to its length squared per
+# token; OpenAI states no bound, and real stops are a few characters
+STOP_CHARS = 1000
 # (name, low, high, low inclusive): OpenAI's ranges, and the extensions' documented ones
 _RANGES: tuple[tuple[str, float, float, bool], ...] = (
     ("temperature", 0.0, 2.0, True),
@@ -41,6 +44,7 @@ def check_sampling(params: SamplingParams, vocab_size: int | None = None) -> Non
     for name, low, high, inclusive in _RANGES:
         _check_number(name, getattr(params, name), low, high, inclusive)
     _check_seed(params.seed)
+    _check_stops(params.stop)
     if params.max_tokens is not None and (not _is_int(params.max_tokens) or params.max_tokens < 1):
         raise _invalid("max_tokens", "must be an integer of at least 1")
     for token, bias in params.logit_bias.items():
@@ -63,6 +67,13 @@ def _check_seed(seed: int | None) -> None:
     limit = 1 << (SEED_BITS - 1)
     if seed is not None and (not _is_int(seed) or not -limit <= seed < limit):
         raise _invalid("seed", f"must be an integer from {-limit} to {limit - 1} (64-bit)")
+
+
+def _check_stops(stops: tuple[str, ...]) -> None:
+    for stop in stops:
+        if len(stop) > STOP_CHARS:
+            raise _invalid("stop", f"holds a sequence of {len(stop)} characters; each may have at "
+                           f"most {STOP_CHARS}")
 
 
 def _check_bias(token: int, bias: float, vocab_size: int | None) -> None:

@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from schemathesis.engine import events, from_schema
 
+from mlx_server.adapters.fake_engine import VOCAB_SIZE
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 
@@ -41,6 +42,18 @@ def steer_images(messages: Any) -> None:
                 image["url"] = TINY_PNG
 
 
+def steer_token_ids(body: dict[str, Any]) -> None:
+    """Token ids and `top_k` must lie inside the served model's vocabulary, which no schema can
+    state (it is the model's): integers the schema allows are mapped into the fake engine's."""
+    top_k = body.get("top_k")  # JSON Schema counts 7.0 as an integer
+    if isinstance(top_k, int | float) and not isinstance(top_k, bool) and top_k >= VOCAB_SIZE:
+        body["top_k"] = int(top_k) % VOCAB_SIZE
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict):
+        body["logit_bias"] = {(str(int(key) % VOCAB_SIZE) if key.isdigit() else key): value
+                              for key, value in bias.items()}
+
+
 def steer_body(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
@@ -51,6 +64,7 @@ def steer_body(body: Any) -> Any:
         value = body.get(key)  # JSON Schema counts 7.0 as an integer
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 64:
             body[key] = 64
+    steer_token_ids(body)
     tools, choice = body.get("tools"), body.get("tool_choice")
     if isinstance(choice, dict) and isinstance(tools, list) and tools:
         first = tools[0] if isinstance(tools[0], dict) else {}

@@ -164,3 +164,30 @@ def test_bodies_are_decoded_and_checked_off_the_event_loop() -> None:
 
     loop_thread, worker, count = asyncio.run(run())
     assert count == 1000 and worker != loop_thread
+
+
+@pytest.mark.parametrize(("stop", "param"), [("x" * 1001, "stop"), (["\n", "y" * 5000], "stop[1]")])
+def test_a_stop_sequence_too_long_to_match_cheaply_is_400(client: falcon.testing.TestClient,
+                                                          stop: Any, param: str) -> None:
+    """Held-back text is matched against each stop's prefixes every token: a megabyte-long stop
+    would stall generation, so each is bounded (the contract says so too)."""
+    assert_error(post(client, body(stop=stop)), 400, "invalid_value", param)
+    assert post(client, body(stop=["x" * 1000])).status_code == 200
+
+
+TINY_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4"
+            "z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC")
+
+
+@pytest.mark.parametrize(("count", "status"), [(16, 200), (17, 400)])
+def test_images_per_request_are_bounded(client: falcon.testing.TestClient, count: int,
+                                        status: int) -> None:
+    """Every image is fetched and decoded whole (up to 40 megapixels) before the request queues,
+    so their number is bounded (--max-images, 16 by default)."""
+    parts = [{"type": "image_url", "image_url": {"url": TINY_PNG}}] * count
+    result = post(client, body(messages=[{"role": "user", "content": parts}]))
+    if status == 200:
+        assert result.status_code == 200, result.text
+    else:
+        assert_error(result, 400, "invalid_value", "messages[0].content[16].image_url.url")
+        assert "at most 16" in result.json["error"]["message"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mlx_server.domain.conversation import ResponseFormat, SamplingParams
 from mlx_server.domain.errors import InvalidRequest
-from mlx_server.domain.sampling_checks import check_sampling
+from mlx_server.domain.sampling_checks import STOP_CHARS, check_sampling
 
 VOCAB = 49152  # SmolLM2's
 
@@ -28,6 +28,12 @@ def refused(params: SamplingParams, vocab: int | None = VOCAB) -> InvalidRequest
 def test_a_logit_bias_key_outside_the_vocabulary_is_refused_with_the_range(token: int) -> None:
     error = refused(SamplingParams(logit_bias={token: -100}))
     assert error.param == "logit_bias" and f"0 to {VOCAB - 1}" in error.message
+
+
+def test_a_stop_sequence_longer_than_the_bound_is_refused() -> None:
+    check_sampling(SamplingParams(stop=("x" * STOP_CHARS, "\n")), VOCAB)
+    error = refused(SamplingParams(stop=("\n", "x" * (STOP_CHARS + 1))))
+    assert error.param == "stop" and str(STOP_CHARS) in error.message
 
 
 def test_logit_bias_keys_at_the_edges_of_the_vocabulary_pass() -> None:
