@@ -15,8 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def client(tiny_gemma3: Path) -> Iterator[openai.OpenAI]:
-    with sdk_client(["--model", str(tiny_gemma3), "--fallback-model", ""]) as client:
+def client(tiny_gemma3: Path, tiny_qwen3_vl: Path) -> Iterator[openai.OpenAI]:
+    # local paths are servable only when the operator names them: --model, --models-dir
+    with sdk_client(["--model", str(tiny_gemma3), "--fallback-model", "",
+                     "--models-dir", str(tiny_qwen3_vl.parent)]) as client:
         yield client
 
 

@@ -269,6 +269,7 @@ def test_host_parsing() -> None:
     assert allowed_hosts_for("0.0.0.0", ("A.lan.",)) == ("a.lan",)
     assert allowed_hosts_for("127.0.0.1", ("x", "*")) is None
     assert is_canonical("/") and is_canonical("/v1/models/a/b") and not is_canonical("/a//b")
+    assert is_canonical("/v1/models/") and not is_canonical("/v1/models//")
 
 
 # -- a bare ASGI call: no test client adds a Host header ---------------------------------------
@@ -296,3 +297,11 @@ def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes
 
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
     return statuses[0], reads
+
+
+def test_one_trailing_slash_is_the_same_route_and_still_needs_the_key() -> None:
+    client = client_for(api_key=KEY)
+    assert_envelope(send(client, "GET", "/v1/models/"), 401, "invalid_api_key")
+    assert_envelope(send(client, "POST", "/v1/chat/completions/"), 401, "invalid_api_key")
+    assert send(client, "GET", "/v1/models/", headers=AUTH).status_code == 200
+    assert send(client, "POST", "/v1/chat/completions/", headers=AUTH).status_code == 200

@@ -114,11 +114,12 @@ def _answers(resource: object, method: str) -> bool:
 
 
 def is_canonical(path: str) -> bool:
-    """One spelling per resource: absolute, no empty segment (`//`), no `.` or `..` segment. The
-    path is the percent-decoded one the router matches, so `%2F%2F` counts as `//`."""
+    """One spelling per resource: absolute, no empty segment (`//`), no `.` or `..` segment; one
+    trailing slash is allowed (the router strips it, clients add it). The path is the
+    percent-decoded one the router matches, so `%2F%2F` counts as `//`."""
     if not path.startswith("/"):
         return False
-    segments = path[1:].split("/")
+    segments = path[1:].removesuffix("/").split("/")
     if segments == [""]:  # "/" itself
         return True
     return all(segment not in ("", ".", "..") for segment in segments)
