@@ -32,6 +32,8 @@ from .image_fetch import AddressCheck, Fetcher, ImagePolicy, Resolver, is_public
 __all__ = ["ImagePolicy", "PillowImageLoader", "decode_image", "is_public_address", "parse_data_uri"]
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# Qwen-VL processors (smart_resize) refuse a ratio of 200 or more; no model learns from such a strip
+MAX_ASPECT = 200
 _URLSAFE = str.maketrans("-_", "+/")
 DEFAULT_POLICY = ImagePolicy()
 CACHE_BYTES = 128 * 2**20  # decoded pixels kept for the next turn: ~10 images of 1920x1080
@@ -81,6 +83,9 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
             raise InvalidImage(f"the image has no pixels ({width}x{height})")
         if width * height > max_pixels:
             raise _too_many_pixels(max_pixels, width, height)
+        if max(width, height) >= MAX_ASPECT * min(width, height):
+            raise InvalidImage(f"the image is {width}x{height} pixels: its long side must be less "
+                               f"than {MAX_ASPECT} times its short side")
         image.load()  # the first frame of an animation
         ImageOps.exif_transpose(image, in_place=True)  # in place: no full copy when upright
         return _to_rgb(image)

@@ -132,10 +132,15 @@ class MlxEngine:
         bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
         add_special = should_add_special_tokens(model.config.model_type, processor) and not (
             isinstance(bos, str) and bos and text.startswith(bos))
-        inputs = prepare_inputs(  # type: ignore[no-untyped-call]
-            processor, images=images, prompts=text + prompt.assistant_prefix,
-            image_token_index=getattr(model.config, "image_token_index", None),
-            add_special_tokens=add_special)
+        try:
+            inputs = prepare_inputs(  # type: ignore[no-untyped-call]
+                processor, images=images, prompts=text + prompt.assistant_prefix,
+                image_token_index=getattr(model.config, "image_token_index", None),
+                add_special_tokens=add_special)
+        except ValueError as exc:  # the processor's own input checks (an image's shape, ...)
+            raise InvalidRequest(f"The model's processor refused the input: {exc}",
+                                 param="messages",
+                                 code="invalid_image" if images else "invalid_value") from exc
         plan = self._cache_plan(inputs, prompt)
         return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]),
                               payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0)

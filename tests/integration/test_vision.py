@@ -88,3 +88,36 @@ def test_an_image_for_a_text_only_model_says_it_has_no_vision(
                                      image_part(data_uri(png_bytes()))]}]})
     assert result.status_code == 400 and "no vision" in result.json["error"]["message"]
     assert result.json["error"]["param"] == "messages[0].content[1].image_url.url"
+
+
+@pytest.mark.parametrize("size", [(1, 300), (300, 1), (2, 5000), (8000, 8)])
+@pytest.mark.parametrize("model", ["gemma3", "qwen3"])
+def test_a_strip_of_an_image_is_400_naming_the_part(client: falcon.testing.TestClient, model: str,
+                                                    size: tuple[int, int]) -> None:
+    """Qwen-VL's processor raises on a side ratio of 200 or more (it was a 500): refused by the
+    loader for every model, naming the part; the server keeps serving."""
+    result = client.simulate_post("/v1/chat/completions", json={"model": model, "max_tokens": 1,
+        "messages": [{"role": "user", "content": [image_part(data_uri(png_bytes(size)))]}]})
+    assert result.status_code == 400, result.text
+    assert result.json["error"]["code"] == "invalid_image"
+    assert result.json["error"]["param"] == "messages[0].content[0].image_url.url"
+    assert prompt_tokens(client, model, [{"role": "user", "content": [
+        image_part(data_uri(png_bytes((1, 199))))]}]) > 0
+
+
+def test_what_the_processor_refuses_is_400_not_a_server_fault(tiny_qwen3_vl: Any) -> None:
+    """Past the loader's checks, the processor's own ValueError on an input is the client's."""
+    from PIL import Image
+
+    from mlx_server.domain.conversation import Message, Role, TextPart
+    from mlx_server.domain.errors import InvalidRequest
+    from mlx_server.domain.models import Family, ModelRef
+    from mlx_server.domain.ports import LoadedImage, PromptInput
+
+    engine = MlxEngine()
+    engine.load(ModelRef("q", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True))
+    strip = LoadedImage(key="strip", image=Image.new("RGB", (1, 400)))
+    message = Message(Role.USER, (TextPart("What?"),))
+    with pytest.raises(InvalidRequest) as caught:
+        engine.prepare(PromptInput((message,), (), (strip,), ""))
+    assert caught.value.code == "invalid_image" and "aspect ratio" in caught.value.message
