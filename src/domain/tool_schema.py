@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 JsonValue = None | bool | int | float | str | list[Any] | dict[str, Any]
+# arrays and objects nested deeper than this are refused wherever JSON comes in (request bodies,
+# tool-call arguments in a conversation or from a model): every later walk over it recurses
+MAX_DEPTH = 64
 
 
 class NotJson(ValueError):
@@ -37,12 +40,25 @@ def to_json(value: object) -> JsonValue:
 
 
 def loads_object(text: str) -> dict[str, Any] | None:
-    """`text` as a JSON object, or None (invalid JSON, NaN/Infinity, not an object)."""
+    """`text` as a JSON object, or None (invalid JSON, NaN/Infinity, not an object, nested deeper
+    than MAX_DEPTH)."""
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and depth(value) <= MAX_DEPTH else None
+
+
+def depth(value: object) -> int:
+    """How deep arrays and objects nest in `value` (a scalar: 0), found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def dumps(arguments: Mapping[str, Any]) -> str:

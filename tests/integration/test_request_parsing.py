@@ -191,3 +191,18 @@ def test_images_per_request_are_bounded(client: falcon.testing.TestClient, count
     else:
         assert_error(result, 400, "invalid_value", "messages[0].content[16].image_url.url")
         assert "at most 16" in result.json["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["gemma", "qwen"])
+@pytest.mark.parametrize("depth", [65, 500, 900, 5000])
+def test_tool_call_arguments_nested_deep_inside_a_string_are_not_a_server_fault(
+        client: falcon.testing.TestClient, model: str, depth: int) -> None:
+    """Arguments are JSON inside a string, out of sight of the body's depth bound; parsed for the
+    prompt, the same bound applies (Gemma's renderer recursed into 500-deep lists: a 500)."""
+    arguments = '{"a": ' + "[" * depth + "]" * depth + "}"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    messages = [*USER, {"role": "assistant", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "1", "content": "ok"}]
+    result = post(client, body(model=model, messages=messages, tools=tools))
+    assert result.status_code == 200, result.text

@@ -283,3 +283,13 @@ def test_schema_checker_keywords() -> None:
     assert not fits_schema({"n": 1, "tags": [1]}, schema)
     assert not fits_schema({"n": 1, "other": 0}, schema)
     assert fits_schema({"anything": [1]}, {"type": "object", "x-unknown": {"type": "string"}})
+
+
+def test_arguments_nested_past_the_bound_are_not_an_object() -> None:
+    from mlx_server.domain.tool_schema import MAX_DEPTH, depth, loads_object
+
+    assert depth(1) == 0 and depth([]) == 1 and depth({"a": [[1]]}) == 3
+    fits = '{"a": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"
+    assert loads_object(fits) is not None
+    assert loads_object('{"a": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}") is None
+    assert loads_object('{"a": ' + "[" * 900 + "]" * 900 + "}") is None

@@ -27,10 +27,10 @@ import falcon
 import falcon.asgi
 
 from ...domain.errors import InvalidRequest
+from ...domain.tool_schema import MAX_DEPTH
 from .validation import param_path
 
 T = TypeVar("T")
-MAX_DEPTH = 64  # a chat request needs ~6 levels; a tool schema 30 nested objects deep fits
 
 
 async def read_json(req: falcon.asgi.Request, limit: int, timeout: float,
