@@ -76,7 +76,9 @@ def steer_body(body: Any) -> Any:
 
 def make_schema() -> Any:
     schema = schemathesis.openapi.from_path(str(SPEC))
-    schema.app = build(Settings(engine="fake", max_body_mb=1.0))
+    # images per request are a deployment's limit (--max-images), counted across messages, which
+    # no schema states: this server takes as many as the body can carry
+    schema.app = build(Settings(engine="fake", max_body_mb=1.0, max_images=100_000))
     schema.config.update(base_url="http://localhost")
     schema.config.generation.update(max_examples=int(os.environ.get("CONTRACT_MAX_EXAMPLES", "200")))
     schema.config.max_stream_events = 1000  # validate whole streams, [DONE] and usage chunk included
