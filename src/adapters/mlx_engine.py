@@ -119,6 +119,7 @@ class MlxEngine:
         if prompt.images and not (self._ref and self._ref.vision):
             raise InvalidRequest("This model has no vision: it cannot take images.",
                                  param="messages", code="unsupported_value")
+        _refuse_placeholders(prompt, _placeholders(processor))
         kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
         try:
             text: str = apply_chat_template(processor, model.config,
@@ -364,6 +365,26 @@ def _logprob(tokenizer: Any, token: int, logprobs: Any, top: int) -> TokenLogpro
 def _token_text(tokenizer: Any, token: int) -> tuple[str, tuple[int, ...]]:
     text = str(tokenizer.decode([token]))
     return text, tuple(text.encode("utf-8"))
+
+
+def _placeholders(processor: Any) -> tuple[str, ...]:
+    """The marker strings a vision processor writes for images and video and then counts or
+    expands (`image_token`, `boi_token`, `video_token`, `vision_start_token`, ...)."""
+    return tuple(value for name, value in vars(processor).items()
+                 if name.endswith("_token") and isinstance(value, str) and value.strip())
+
+
+def _refuse_placeholders(prompt: PromptInput, placeholders: tuple[str, ...]) -> None:
+    """A client's text must not carry the image markers: they tokenize to the very ids the
+    processor counts, and Gemma 3 then fails to place the image features (a 500)."""
+    for message in prompt.messages:
+        texts = [message.text, *(f"{call.name} {call.arguments}" for call in message.tool_calls)]
+        for marker in placeholders:
+            if any(marker in text for text in texts):
+                raise InvalidRequest(
+                    f"The conversation contains {marker!r}, which this model's processor writes "
+                    "for images itself; it cannot come from a client. Remove it, or send the "
+                    "image as an image_url part.", param="messages", code="invalid_value")
 
 
 def _template_message(message: Message) -> dict[str, Any]:

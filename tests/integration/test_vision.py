@@ -121,3 +121,29 @@ def test_what_the_processor_refuses_is_400_not_a_server_fault(tiny_qwen3_vl: Any
     with pytest.raises(InvalidRequest) as caught:
         engine.prepare(PromptInput((message,), (), (strip,), ""))
     assert caught.value.code == "invalid_image" and "aspect ratio" in caught.value.message
+
+
+@pytest.mark.parametrize(("model", "marker"), [
+    ("gemma3", "<image_soft_token>"), ("gemma3", "<start_of_image>"),
+    ("qwen3", "<|image_pad|>"), ("qwen3", "<|vision_start|>"), ("qwen3", "<|video_pad|>")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_image_markers_in_a_clients_text_are_400(client: falcon.testing.TestClient, model: str,
+                                                 marker: str, stream: bool) -> None:
+    """The processor counts its own markers: Gemma 3 with `<image_soft_token>` typed into the text
+    beside an image failed to place the image features (a 500)."""
+    red = data_uri(png_bytes())
+    for content in ([image_part(red), {"type": "text", "text": f"say {marker * 3}"}],
+                    f"say {marker}"):
+        result = client.simulate_post("/v1/chat/completions", json={
+            "model": model, "max_tokens": 1, "stream": stream,
+            "messages": [{"role": "user", "content": content}]})
+        assert result.status_code == 400, result.text
+        assert (result.json["error"]["code"], result.json["error"]["param"]) == (
+            "invalid_value", "messages")
+        assert marker in result.json["error"]["message"]
+    assert prompt_tokens(client, model, [{"role": "user", "content": [image_part(red)]}]) > 16
+
+
+def test_a_text_model_takes_other_models_markers_as_text(client: falcon.testing.TestClient) -> None:
+    assert prompt_tokens(client, "smollm", [
+        {"role": "user", "content": "<image_soft_token> and <|image_pad|> are markers"}]) > 0
