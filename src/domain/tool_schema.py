@@ -62,8 +62,15 @@ def depth(value: object) -> int:
 
 
 def dumps(arguments: Mapping[str, Any]) -> str:
-    """The arguments string clients get: JSON, non-ASCII kept as is."""
-    return json.dumps(arguments, ensure_ascii=False)
+    """The arguments string clients get: JSON, non-ASCII kept as is. A lone surrogate (a model
+    may write `\\ud800` in a call) is not text and cannot be sent as UTF-8: then every non-ASCII
+    character is escaped instead, which is the same JSON."""
+    text = json.dumps(arguments, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(arguments)
+    return text
 
 
 def fits_schema(value: object, schema: object) -> bool:

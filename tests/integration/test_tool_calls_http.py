@@ -141,3 +141,22 @@ def test_a_model_without_a_tool_format_refuses_tools() -> None:
     result = post(client_for("hi"), "smollm")
     assert result.status_code == 400 and result.json["error"]["param"] == "tools"
     assert post(client_for("hi"), "smollm", tool_choice="none").status_code == 200
+
+
+@pytest.mark.parametrize("model", ["gemma", "qwen"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_a_model_writes_in_arguments_is_escaped_json(model: str,
+                                                                      stream: bool) -> None:
+    """`\\ud800` in a model's call parses to a string that UTF-8 cannot carry: the arguments
+    string escapes it (it was a 500, or a server_error event mid-stream)."""
+    raw = {"gemma": "```tool_code\nget_weather(city='\\ud800é')\n```",
+           "qwen": '<tool_call>{"name": "get_weather", "arguments": {"city": "\\ud800é"}}</tool_call>'}
+    result = post(client_for(raw[model]), model, stream=stream)
+    assert result.status_code == 200, result.text
+    assert "server_error" not in result.text
+    if stream:
+        _, calls, _, _ = streamed(result)
+        arguments = calls[0]["function"]["arguments"]
+    else:
+        arguments = result.json["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(arguments) == {"city": "\ud800é"}
