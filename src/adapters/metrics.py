@@ -19,6 +19,8 @@ _RATES = (1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 200.0, 500.0)
 LoadedModel = Callable[[], str | None]
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 class _LoadedModelCollector(Collector):
     """`mlx_server_loaded_model{model="..."} 1`, read at scrape time (absent when none is loaded)."""
 
@@ -102,6 +104,9 @@ class PrometheusMetrics:
     # -- the HTTP side ----------------------------------------------------------------------------
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        # a client chooses the method name: any other is "other", or each new name would add
+        # series to every scrape for good (a label-cardinality flood, without a key)
+        method = method if method in HTTP_METHODS else "other"
         self._requests.labels(method, route, str(status)).inc()
         self._latency.labels(method, route).observe(max(seconds, 0.0))
 

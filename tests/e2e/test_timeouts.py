@@ -156,3 +156,31 @@ def test_a_body_a_web_page_could_send_is_415(server: tuple[str, int], content_ty
     status, body = exchange(server, request("POST", "/v1/chat/completions", auth=True,
                                             content_type=content_type, body=CHAT))
     assert status == 415 and b"unsupported_media_type" in body
+
+
+# -- found by a red-team pass: Expect: 100-continue and HTTP versions ---------------------------
+
+@pytest.mark.parametrize(("auth", "content_type", "status"), [
+    (False, "application/json", 401), (True, "text/plain", 415), (True, "application/json", 408)])
+def test_expect_100_continue_gets_the_answer_not_a_wait(server: tuple[str, int], auth: bool,
+                                                        content_type: str, status: int) -> None:
+    """uvicorn sends `100 Continue` when the app first asks for the body; Falcon used to ask
+    before any check ran, and a client that then sent nothing held the request forever. Now the
+    header checks answer without a 100, and a body that never comes is 408 (--body-timeout)."""
+    head = request("POST", "/v1/chat/completions", auth=auth, content_type=content_type,
+                   body=CHAT)[:-len(CHAT)].replace(b"Connection: close", b"Expect: 100-continue")
+    with connection(server) as sock:
+        sock.sendall(head)
+        waited, sent = closed_after(sock, limit=BODY + 8)
+    final = sent.split(b"\r\n\r\n", 1)[-1] if sent.startswith(b"HTTP/1.1 100") else sent
+    if status != 408:
+        assert not sent.startswith(b"HTTP/1.1 100"), sent[:100]
+    assert final.startswith(f"HTTP/1.1 {status}".encode()), sent[:200]
+    assert waited < BODY + 3, waited
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+def test_a_request_line_with_another_http_version_is_400_json(server: tuple[str, int],
+                                                              version: str) -> None:
+    status, body = exchange(server, request("GET", "/health").replace(b"HTTP/1.1", version.encode(), 1))
+    assert status == 400 and b'"code": "unsupported_http_version"' in body, body

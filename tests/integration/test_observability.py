@@ -112,6 +112,17 @@ def test_metrics_exposes_http_and_generation_counters(client: falcon.testing.Tes
     assert sum(s.value for s in swaps) >= 1
 
 
+def test_methods_a_client_invents_share_one_label(client: falcon.testing.TestClient) -> None:
+    """Each new method name used to add series to /metrics for good: a cardinality flood."""
+    for method in ("QWERTYABC", "get", "X" * 50, "BREW"):
+        assert client.simulate_request(method, "/health").status_code < 500
+    text = client.simulate_get("/metrics").text
+    methods = {s.labels["method"] for f in text_string_to_metric_families(text) for s in f.samples
+               if "method" in s.labels}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "other" in methods
+
+
 def test_port_metrics_are_recorded(metrics: PrometheusMetrics) -> None:
     metrics.generation("m", prompt_tokens=10, cached_tokens=4, completion_tokens=5, ttft=0.2,
                        decode_seconds=0.5)

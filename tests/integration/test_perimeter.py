@@ -174,13 +174,44 @@ def test_json_is_accepted_with_any_case_and_a_utf8_charset(content_type: str) ->
 
 
 def test_the_media_type_is_decided_before_the_body_is_read() -> None:
-    """The body's first chunk arrives (Falcon takes one event before any middleware runs), the rest
-    never does: the answer still comes, at once."""
+    """The body never arrives: the answer still comes, at once, and the body was never asked for
+    (Falcon waits for a first body event before any middleware; it is handed an empty one)."""
     app = build(Settings(engine="fake"), engine=FakeEngine())
     status, reads = asgi_call(app, "POST", "/v1/chat/completions",
                               [(b"host", b"127.0.0.1"), (b"content-type", b"text/plain")],
                               body_ends=False)
-    assert status == 415 and reads == 1
+    assert status == 415 and reads == 0
+
+
+@pytest.mark.parametrize(("settings", "headers", "status"), [
+    ({"api_key": KEY}, [(b"content-type", b"application/json")], 401),
+    ({}, [(b"content-type", b"text/plain")], 415),
+    ({}, [(b"content-type", b"application/json"), (b"content-length", b"999999999")], 413)])
+def test_header_checks_answer_before_the_body_is_asked_for(settings: dict[str, Any],
+                                                           headers: list[tuple[bytes, bytes]],
+                                                           status: int) -> None:
+    """Asking for the body is what makes uvicorn send `100 Continue`: a client that then sent
+    nothing held the request before these checks ran."""
+    app = build(Settings(engine="fake", **settings), engine=FakeEngine())
+    answer, reads = asgi_call(app, "POST", "/v1/chat/completions",
+                              [(b"host", b"127.0.0.1"), *headers], body_ends=False, no_body=True)
+    assert (answer, reads) == (status, 0)
+
+
+def test_a_body_that_never_comes_is_408_within_the_body_timeout() -> None:
+    app = build(Settings(engine="fake", body_timeout=0.2), engine=FakeEngine())
+    answer, reads = asgi_call(app, "POST", "/v1/chat/completions",
+                              [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+                              body_ends=False, no_body=True)
+    assert (answer, reads) == (408, 1)
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "3", "1.2"])
+def test_an_http_version_asgi_does_not_define_is_400_in_the_envelope(version: str) -> None:
+    app = build(Settings(engine="fake"), engine=FakeEngine())
+    answer, reads = asgi_call(app, "GET", "/health", [(b"host", b"127.0.0.1")],
+                              http_version=version)
+    assert (answer, reads) == (400, 0)
 
 
 def test_the_key_is_checked_before_the_media_type() -> None:
@@ -275,9 +306,11 @@ def test_host_parsing() -> None:
 # -- a bare ASGI call: no test client adds a Host header ---------------------------------------
 
 def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],
-              http_version: str = "1.1", body_ends: bool = True) -> tuple[int, int]:
+              http_version: str = "1.1", body_ends: bool = True,
+              no_body: bool = False) -> tuple[int, int]:
     """Call the ASGI app once; the response status and how many times it read the request body.
-    With `body_ends` false, the body's first chunk comes and the rest never does."""
+    With `body_ends` false, the body's first chunk comes and the rest never does; with `no_body`
+    too, not even the first."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": http_version,
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
              "query_string": b"", "root_path": "", "headers": headers,
@@ -287,7 +320,7 @@ def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes
     async def receive() -> dict[str, Any]:
         nonlocal reads
         reads += 1
-        if reads > 1 and not body_ends:
+        if reads > (0 if no_body else 1) and not body_ends:
             await asyncio.Event().wait()  # a client that never sends the rest
         return {"type": "http.request", "body": b'{"model": ', "more_body": not body_ends}
 
