@@ -23,6 +23,7 @@ from .errors import InvalidRequest
 LOGIT_BIAS = 100.0  # OpenAI: each bias lies in [-100, 100]
 TOP_LOGPROBS = 20  # OpenAI: 0 to 20 alternatives per position
 SEED_BITS = 64  # OpenAI: a signed 64-bit integer
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it MLX holds 0
 # a stop sequence is matched against the text as it grows, costing up to its length squared per
 # token; OpenAI states no bound, and real stops are a few characters
 STOP_CHARS = 1000
@@ -61,6 +62,9 @@ def _check_number(name: str, value: float | None, low: float, high: float, inclu
     if isinstance(value, bool) or not isinstance(value, int | float) or not inside:
         bound = "from" if inclusive else "greater than"
         raise _invalid(name, f"must be a number {bound} {low:g} to {high:g}, not {value!r}")
+    if not inclusive and low == 0 and value < FLOAT32_TINY:  # float32 holds 0: it divides by 0
+        raise _invalid(name, f"is {value!r}, too close to 0 for the sampler's 32-bit floats: it "
+                       f"must be at least {FLOAT32_TINY:.9g}")
 
 
 def _check_seed(seed: int | None) -> None:

@@ -143,3 +143,11 @@ def test_any_integers_pass_only_within_bounds(token: int, top_k: int, top_logpro
     else:
         assert 0 <= token < vocab and 0 <= top_k < vocab and 0 <= top_logprobs <= min(20, vocab)
         assert -(2**63) <= seed < 2**63
+
+
+@pytest.mark.parametrize("value", [1e-320, 5e-324, 1e-39])
+def test_a_repetition_penalty_float32_turns_into_zero_is_refused(value: float) -> None:
+    """`repetition_penalty: 1e-320` passed "above 0" and divided by a float32 zero."""
+    error = refused(SamplingParams(repetition_penalty=value))
+    assert error.param == "repetition_penalty" and "32-bit" in error.message
+    check_sampling(SamplingParams(repetition_penalty=1e-30), VOCAB)
