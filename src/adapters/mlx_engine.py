@@ -47,6 +47,11 @@ class MlxEngine:
         self._ref: ModelRef | None = None
         self._model: Any = None
         self._processor: Any = None
+        # facts of the loaded model, read once at load: its weights' size, logits width, and the
+        # image markers its processor writes (see _logits_width, _placeholders)
+        self._weight_size = 0
+        self._vocab: int | None = None
+        self._markers: tuple[str, ...] = ()
 
     @property
     def loaded(self) -> ModelRef | None:
@@ -55,7 +60,7 @@ class MlxEngine:
     @property
     def vocab_size(self) -> int | None:
         """The loaded model's logits width (see _logits_width); None with no model loaded."""
-        return _logits_width(self._model, self._processor) if self._model is not None else None
+        return self._vocab
 
     def load(self, model: ModelRef) -> None:
         import mlx.core as mx
@@ -80,6 +85,8 @@ class MlxEngine:
                 f"The model {model.id!r} could not be loaded ({type(exc).__name__}: {exc}). "
                 "Check its files, or choose another model.", param="model") from exc
         self._ref = model
+        self._weight_size, self._vocab = needed, _logits_width(self._model, self._processor)
+        self._markers = _placeholders(self._processor)
         log.info("%s loaded: %s", model.id, self.weights)
 
     def _preflight(self, model: ModelRef) -> int:
@@ -97,7 +104,7 @@ class MlxEngine:
         available = available_memory_bytes()
         if available is not None and self._ref is not None:
             held = mx.get_active_memory() + mx.get_cache_memory()
-            available += max(held, _weight_bytes(Path(self._ref.source)))
+            available += max(held, self._weight_size)
         _check_fits(model, available, needed=needed)
         return needed
 
@@ -107,7 +114,8 @@ class MlxEngine:
 
         if self.prefix is not None and self._ref is not None:
             self.prefix.drop_model(self._ref.id)  # KV states of a model gone are useless
-        self._ref = self._model = self._processor = None
+        self._ref = self._model = self._processor = self._vocab = None
+        self._weight_size, self._markers = 0, ()
         gc.collect()
         mx.clear_cache()
 
@@ -119,7 +127,7 @@ class MlxEngine:
         if prompt.images and not (self._ref and self._ref.vision):
             raise InvalidRequest("This model has no vision: it cannot take images.",
                                  param="messages", code="unsupported_value")
-        _refuse_placeholders(prompt, _placeholders(processor))
+        _refuse_placeholders(prompt, self._markers)
         kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
         try:
             text: str = apply_chat_template(processor, model.config,

@@ -36,7 +36,7 @@ from .ports import (
     PreparedPrompt,
     PromptInput,
 )
-from .sampling_checks import check_sampling
+from .sampling_checks import check_sampling, check_token_ids
 from .stops import StopMatcher
 from .tool_calls import (
     CallArguments,
@@ -100,8 +100,7 @@ class ChatService:
         """Start generating; errors before the first token (unknown model, prompt too long)
         raise here, so the caller can still answer with a proper status."""
         _check_tools(request)
-        check_sampling(request.sampling)  # the model-independent ranges, before queueing
-        model = await asyncio.to_thread(self.catalog.resolve, request.model)
+        model = await asyncio.to_thread(self._admit, request)
         plan_tools(request, model)  # refuse tools the model cannot call before loading anything
         images = await self._load_images(request, model)  # before queueing for the engine
         self.last_used = self.clock.now()
@@ -131,6 +130,12 @@ class ChatService:
                                   usage=event.usage, tool_calls=reply.calls,
                                   logprobs=tuple(logprobs) if request.sampling.logprobs else None)
         raise EngineFailure("generation ended without finishing")
+
+    def _admit(self, request: ChatRequest) -> ModelRef:
+        """The model-independent sampling checks (a walk over a response_format schema is
+        proportional to the request), then the model: both in a worker thread, before queueing."""
+        check_sampling(request.sampling)
+        return self.catalog.resolve(request.model)
 
     def _ensure_loaded(self, model: ModelRef) -> ModelRef:
         """Swap `model` in unless it is the loaded one; return the loaded reference."""
@@ -171,7 +176,7 @@ class ChatService:
     ) -> Generator[StreamEvent, None, None]:
         model = self._ensure_loaded(model)  # the fetched model's family may differ: plan again
         # token ids and counts against the model now loaded: MLX does not bounds-check them
-        check_sampling(request.sampling, self.engine.vocab_size)
+        check_token_ids(request.sampling, self.engine.vocab_size)
         plan = plan_tools(request, model)
         prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
                                                  plan.prefix))

@@ -41,18 +41,25 @@ _RANGES: tuple[tuple[str, float, float, bool], ...] = (
 def check_sampling(params: SamplingParams, vocab_size: int | None = None) -> None:
     """Raise InvalidRequest (`invalid_value`, naming the parameter) for a value out of range.
     Without `vocab_size` (no model loaded yet) only the model-independent ranges are checked;
-    with it, every token id and count is checked against it: ids lie in [0, vocab_size)."""
+    with it, every token id and count is checked against it (check_token_ids)."""
     for name, low, high, inclusive in _RANGES:
         _check_number(name, getattr(params, name), low, high, inclusive)
     _check_seed(params.seed)
     _check_stops(params.stop)
     if params.max_tokens is not None and (not _is_int(params.max_tokens) or params.max_tokens < 1):
         raise _invalid("max_tokens", "must be an integer of at least 1")
+    check_token_ids(params, vocab_size)
+    _check_response_format(params.response_format)
+
+
+def check_token_ids(params: SamplingParams, vocab_size: int | None) -> None:
+    """The part of check_sampling that depends on the model: token ids lie in [0, vocab_size),
+    counts within it. Cheap (no walk over the request), so it can run once the model is loaded,
+    after check_sampling ran without it."""
     for token, bias in params.logit_bias.items():
         _check_bias(token, bias, vocab_size)
     _check_top_k(params.top_k, vocab_size)
     _check_top_logprobs(params.top_logprobs, vocab_size)
-    _check_response_format(params.response_format)
 
 
 def _check_number(name: str, value: float | None, low: float, high: float, inclusive: bool) -> None:
@@ -82,9 +89,8 @@ def _check_stops(stops: tuple[str, ...]) -> None:
 
 def _check_bias(token: int, bias: float, vocab_size: int | None) -> None:
     if not _is_int(token) or token < 0 or (vocab_size is not None and token >= vocab_size):
-        top = f"{vocab_size - 1}" if vocab_size is not None else "the vocabulary size - 1"
         raise _invalid("logit_bias", f"has the key {token!r}, which is not a token id of this "
-                       f"model: ids run from 0 to {top}. Token ids are the model's own "
+                       f"model: ids run from 0 to {_last_id(vocab_size)}. Token ids are the model's own "
                        "tokenizer's, not OpenAI's")
     if isinstance(bias, bool) or not isinstance(bias, int | float) or \
             not -LOGIT_BIAS <= bias <= LOGIT_BIAS:
@@ -97,9 +103,8 @@ def _check_top_k(top_k: int | None, vocab_size: int | None) -> None:
     if top_k is None:
         return
     if not _is_int(top_k) or top_k < 0 or (vocab_size is not None and top_k >= vocab_size):
-        top = f"{vocab_size - 1}" if vocab_size is not None else "the vocabulary size - 1"
-        raise _invalid("top_k", f"must be an integer from 0 (no limit) to {top}, smaller than "
-                       f"this model's vocabulary, not {top_k!r}")
+        raise _invalid("top_k", f"must be an integer from 0 (no limit) to {_last_id(vocab_size)}, "
+                       f"smaller than this model's vocabulary, not {top_k!r}")
 
 
 def _check_top_logprobs(count: int, vocab_size: int | None) -> None:
@@ -232,6 +237,10 @@ def _resolve(ref: Any, root: Mapping[str, Any]) -> Any:
         else:
             return None
     return target
+
+
+def _last_id(vocab_size: int | None) -> str:
+    return f"{vocab_size - 1}" if vocab_size is not None else "the vocabulary size - 1"
 
 
 def _is_int(value: object) -> bool:
