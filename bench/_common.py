@@ -16,7 +16,7 @@ CACHE = Path(os.environ.get("MLX_SERVER_CACHE_DIR", Path(tempfile.gettempdir()) 
 
 
 def smollm_dir() -> Path:
-    from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf, convert_gguf
+    from mlx_server.adapters.mlx.gguf_convert import builtin_smollm2_gguf, convert_gguf
 
     gguf = builtin_smollm2_gguf()
     if gguf is None:

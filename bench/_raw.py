@@ -29,7 +29,7 @@ def _float_copy(src: str, dst: str) -> None:
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import load
 
-    from mlx_server.adapters.dequantize import dequantize_for_cpu
+    from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     source, target = Path(src), Path(dst)
     target.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def _serve(model_dir: str) -> None:
     from mlx_vlm.utils import load
 
     from mlx_server.adapters.cpu_fastpath import blas_in_use
-    from mlx_server.adapters.dequantize import dequantize_for_cpu
+    from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     model, processor = load(model_dir)
     weights = dequantize_for_cpu(model, "auto")

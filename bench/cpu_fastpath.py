@@ -45,7 +45,7 @@ def _worker(args: argparse.Namespace) -> None:
     from mlx_vlm.utils import load
 
     from mlx_server.adapters import cpu_fastpath
-    from mlx_server.adapters.dequantize import dequantize_for_cpu
+    from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     from ._common import smollm_dir
 
@@ -135,7 +135,7 @@ def _mlx_row(fast: bool, prompt: str, args: argparse.Namespace) -> dict[str, Any
 def _llama_row(prompt_text: str, args: argparse.Namespace, threads: int) -> dict[str, Any] | None:
     if not args.llama_python or not Path(args.llama_python).exists():
         return None
-    from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf
+    from mlx_server.adapters.mlx.gguf_convert import builtin_smollm2_gguf
 
     prompt_file = Path("/tmp") / f"cpu_fastpath_prompt_{os.getpid()}.txt"
     prompt_file.write_text(prompt_text)

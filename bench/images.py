@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from mlx_server.adapters.images import PillowImageLoader
+from mlx_server.adapters.images.loader import PillowImageLoader
 
 TARGET_BYTES = 1_000_000
 

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_fast_blas()  # before mlx is imported
 
-    from mlx_server.adapters.mlx_engine import MlxEngine
+    from mlx_server.adapters.mlx.engine import MlxEngine
     from mlx_server.domain.conversation import Message, Role, SamplingParams, TextPart
     from mlx_server.domain.models import Family, ModelRef
     from mlx_server.domain.ports import PromptInput

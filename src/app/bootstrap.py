@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable, Mapping
 from importlib import resources
 
-from ..adapters.catalog import StaticCatalog
 from ..adapters.fake_engine import FakeEngine, load_replies
 from ..adapters.http.app import HttpOptions, create_app
 from ..adapters.http.disconnect import DisconnectWatch
 from ..adapters.http.perimeter import allowed_hosts_for
 from ..adapters.metrics import PrometheusMetrics
+from ..adapters.store.catalog import StaticCatalog
 from ..adapters.system import RandomIds, SystemClock
 from ..domain.chat import ChatService
 from ..domain.ports import (
@@ -37,7 +37,7 @@ def build_engine(settings: Settings) -> InferenceEngine:
     if settings.engine == "fake":
         replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
         return FakeEngine(replies, delay=settings.fake_delay)
-    from ..adapters.mlx_engine import MlxEngine
+    from ..adapters.mlx.engine import MlxEngine
 
     return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,
                      prefix_cache_mb=settings.prefix_cache_mb,
@@ -48,7 +48,7 @@ def build_catalog(settings: Settings) -> ModelCatalog:
     """The fake engine serves the fixed aliases; the real one, the Hugging Face cache and hub."""
     if settings.engine == "fake":
         return StaticCatalog()
-    from ..adapters.hf_store import HuggingFaceStore
+    from ..adapters.store.hf_store import HuggingFaceStore
 
     # local paths are opt-in: those named on the command line and the models dirs' entries
     named = [name for name in (settings.model, settings.fallback_model) if name]
@@ -56,7 +56,7 @@ def build_catalog(settings: Settings) -> ModelCatalog:
 
 
 def build_images(settings: Settings) -> ImageLoader:
-    from ..adapters.images import ImagePolicy, PillowImageLoader
+    from ..adapters.images.loader import ImagePolicy, PillowImageLoader
 
     return PillowImageLoader(ImagePolicy(max_bytes=settings.max_image_bytes,
                                          allow_private=settings.allow_private_image_urls))
@@ -101,7 +101,7 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
 
 def backend_of(engine: InferenceEngine) -> Callable[[], Mapping[str, str]]:
     """What serves inference, as /health reports it: device, BLAS, how weights are held."""
-    from ..adapters.mlx_engine import MlxEngine
+    from ..adapters.mlx.engine import MlxEngine
 
     if not isinstance(engine, MlxEngine):
         return lambda: {"engine": type(engine).__name__}

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _store_command(args: list[str]) -> int:
-    from ..adapters.hf_store import HuggingFaceStore
+    from ..adapters.store.hf_store import HuggingFaceStore
     from . import commands
 
     parser = argparse.ArgumentParser(prog=f"mlx-server {args[0]}")

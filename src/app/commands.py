@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from ..adapters.hf_store import HuggingFaceStore
+from ..adapters.store.hf_store import HuggingFaceStore
 from ..domain.errors import ModelNotFound, ModelUnavailable
 
 EXIT_OK = 0

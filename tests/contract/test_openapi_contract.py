@@ -24,7 +24,7 @@ from mlx_server.app.config import Settings
 SPEC = Path(__file__).parents[2] / "openapi.yaml"
 MIN_CASES = int(os.environ.get("CONTRACT_MIN_CASES", "1000"))
 SERVED_MODEL = "mlx-community/gemma-3-4b-it-4bit"
-SERVED_SCHEMES = ("data:", "http://", "https://")  # the server's own rule (adapters/images.py)
+SERVED_SCHEMES = ("data:", "http://", "https://")  # the server's own rule (adapters/images/loader.py)
 TINY_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4"
             "z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC")
 

@@ -233,7 +233,7 @@ def test_dequantized_weights_give_the_same_greedy_text(smollm2_dir: Path) -> Non
     import mlx.nn as nn
     from mlx_vlm.utils import load
 
-    from mlx_server.adapters.dequantize import dequantize_for_cpu
+    from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     model, processor = load(str(smollm2_dir))
     kept = [_greedy(model, processor, p) for p in PROMPTS]
@@ -259,7 +259,7 @@ def test_cpu_weights_modes(smollm2_dir: Path) -> None:
     import mlx.nn as nn
     from mlx_vlm.utils import load
 
-    from mlx_server.adapters.dequantize import dequantize_for_cpu
+    from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     model, _ = load(str(smollm2_dir))
     layer = model.language_model.model.layers[0].mlp.up_proj

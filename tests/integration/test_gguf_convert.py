@@ -12,7 +12,7 @@ from typing import Any
 import mlx.core as mx
 import pytest
 
-from mlx_server.adapters.gguf_convert import (
+from mlx_server.adapters.mlx.gguf_convert import (
     GGUFConversionError,
     builtin_smollm2_gguf,
     convert_gguf,

@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from huggingface_hub import constants
 
-from mlx_server.adapters.gguf_convert import builtin_smollm2_gguf
-from mlx_server.adapters.hf_store import BUILTIN_ID, HuggingFaceStore
+from mlx_server.adapters.mlx.gguf_convert import builtin_smollm2_gguf
+from mlx_server.adapters.store.hf_store import BUILTIN_ID, HuggingFaceStore
 from mlx_server.app.commands import list_local, pull
 from mlx_server.domain.errors import ModelNotFound, ModelUnavailable
 from mlx_server.domain.models import Family

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from mlx_server.adapters.image_fetch import is_public_address, parse_address
-from mlx_server.adapters.images import ImagePolicy, PillowImageLoader
+from mlx_server.adapters.images.fetch import is_public_address, parse_address
+from mlx_server.adapters.images.loader import ImagePolicy, PillowImageLoader
 from mlx_server.domain.errors import InvalidImage, InvalidImageUrl
 
 PARAM = "messages[0].content[1].image_url.url"

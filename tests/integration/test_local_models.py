@@ -21,7 +21,7 @@ import pytest
 from huggingface_hub import constants
 
 from mlx_server.adapters.fake_engine import FakeEngine
-from mlx_server.adapters.hf_store import HuggingFaceStore
+from mlx_server.adapters.store.hf_store import HuggingFaceStore
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings, add_serve_arguments, settings_from_args, settings_from_env
 from mlx_server.domain.errors import ModelNotFound

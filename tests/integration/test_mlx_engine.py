@@ -12,8 +12,8 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from mlx_server.adapters.catalog import StaticCatalog
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build, build_service
 from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import ChatRequest, Message, Role, SamplingParams, TextPart
@@ -151,7 +151,7 @@ def test_a_corrupt_checkpoint_is_503_and_the_server_keeps_serving(
 
 
 def test_a_model_bigger_than_memory_is_refused_with_the_numbers(tiny_gemma3: Path) -> None:
-    from mlx_server.adapters.mlx_engine import _check_fits
+    from mlx_server.adapters.mlx.engine import _check_fits
     from mlx_server.domain.errors import ModelUnavailable
 
     model = ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3)

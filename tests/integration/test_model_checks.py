@@ -17,9 +17,9 @@ from pathlib import Path
 import falcon.testing
 import pytest
 
-from mlx_server.adapters.hf_store import HuggingFaceStore
-from mlx_server.adapters.mlx_engine import MlxEngine
-from mlx_server.adapters.model_files import check_model_dir
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.hf_store import HuggingFaceStore
+from mlx_server.adapters.store.model_files import check_model_dir
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from mlx_server.domain.errors import ModelUnavailable

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_server.adapters.catalog import StaticCatalog
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from mlx_server.domain.models import Family, ModelRef

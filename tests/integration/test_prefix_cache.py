@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mlx_server.adapters.catalog import StaticCatalog
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from tests.support.http import ConnectedTestClient
@@ -64,7 +64,7 @@ def pair(catalog: StaticCatalog) -> Pair:
 @pytest.fixture(autouse=True)
 def no_refused_reuse(caplog: pytest.LogCaptureFixture) -> Any:
     """mlx_vlm reused exactly the planned tokens every time (else the engine warns)."""
-    with caplog.at_level(logging.WARNING, logger="mlx_server.adapters.mlx_engine"):
+    with caplog.at_level(logging.WARNING, logger="mlx_server.adapters.mlx.engine"):
         yield
     assert "did not reuse" not in caplog.text
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
 from mlx_server.domain.conversation import (
     ChatRequest,
     Message,

@@ -7,8 +7,8 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from mlx_server.adapters.catalog import StaticCatalog
-from mlx_server.adapters.mlx_engine import MlxEngine
+from mlx_server.adapters.mlx.engine import MlxEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
 from tests.support.http import ConnectedTestClient

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mlx_server.adapters.catalog import StaticCatalog
 from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.domain.chat import ChatService
 from mlx_server.domain.completion import (
     FinishReason,

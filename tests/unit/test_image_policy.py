@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_server.adapters.image_fetch import is_public_address, parse_address, parse_http_url
-from mlx_server.adapters.images import ImagePolicy, PillowImageLoader, decode_image, parse_data_uri
+from mlx_server.adapters.images.fetch import is_public_address, parse_address, parse_http_url
+from mlx_server.adapters.images.loader import ImagePolicy, PillowImageLoader, decode_image, parse_data_uri
 from mlx_server.domain.errors import InvalidImage, InvalidImageUrl
 
 DOMAIN_ERRORS = (InvalidImage, InvalidImageUrl)

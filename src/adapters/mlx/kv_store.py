@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from ..domain.prefix_cache import CacheEntry, Hit, PrefixCache, Token
+from ...domain.prefix_cache import CacheEntry, Hit, PrefixCache, Token
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024

@@ -25,9 +25,9 @@ from collections import OrderedDict
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..domain.errors import InvalidImage, InvalidImageUrl
-from ..domain.ports import LoadedImage
-from .image_fetch import AddressCheck, Fetcher, ImagePolicy, Resolver, is_public_address
+from ...domain.errors import InvalidImage, InvalidImageUrl
+from ...domain.ports import LoadedImage
+from .fetch import AddressCheck, Fetcher, ImagePolicy, Resolver, is_public_address
 
 __all__ = ["ImagePolicy", "PillowImageLoader", "decode_image", "is_public_address", "parse_data_uri"]
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..domain.errors import ModelUnavailable
+from ...domain.errors import ModelUnavailable
 
 __all__ = ["check_model_dir", "loadable_model_type", "read_config"]
 

@@ -25,10 +25,10 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
-from ..domain.errors import DomainError, ModelNotFound, ModelUnavailable
-from ..domain.models import Family, ModelInfo, ModelRef
+from ...domain.errors import DomainError, ModelNotFound, ModelUnavailable
+from ...domain.models import Family, ModelInfo, ModelRef
+from ..mlx.gguf_convert import GGUFConversionError, builtin_smollm2_gguf, convert_gguf
 from .catalog import GEMMA, QWEN, not_found
-from .gguf_convert import GGUFConversionError, builtin_smollm2_gguf, convert_gguf
 from .local_models import LocalModels
 from .model_files import loadable_model_type, read_config
 

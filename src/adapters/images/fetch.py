@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import httpx
 
-from ..domain.errors import InvalidImageUrl
+from ...domain.errors import InvalidImageUrl
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]

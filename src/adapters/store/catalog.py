@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from ..domain.errors import ModelNotFound
-from ..domain.models import Family, ModelInfo, ModelRef
+from ...domain.errors import ModelNotFound
+from ...domain.models import Family, ModelInfo, ModelRef
 
 GEMMA = ModelRef(id="mlx-community/gemma-3-4b-it-4bit", source="mlx-community/gemma-3-4b-it-4bit",
                  family=Family.GEMMA3, context_length=131072, vision=True)

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..domain.errors import InvalidRequest
+from ...domain.errors import InvalidRequest
 
 _ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
 _CONTROL_FLOW = (GeneratorExit, KeyboardInterrupt, SystemExit)

@@ -14,14 +14,14 @@ from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
-from ..domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
-from ..domain.errors import InvalidRequest, ModelUnavailable
-from ..domain.models import ModelRef
-from ..domain.ports import PreparedPrompt, PromptInput
+from ...domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
+from ...domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
+from ...domain.errors import InvalidRequest, ModelUnavailable
+from ...domain.models import ModelRef
+from ...domain.ports import PreparedPrompt, PromptInput
+from ..store.model_files import check_model_dir
 from .dequantize import available_memory_bytes, dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
-from .model_files import check_model_dir
 from .structured import json_logits_processor
 
 log = logging.getLogger(__name__)
