@@ -44,21 +44,22 @@ def _worker(args: argparse.Namespace) -> None:
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import load
 
-    from mlx_server.adapters import cpu_fastpath
+    from mlx_server.adapters.mlx.backend import blas_in_use
     from mlx_server.adapters.mlx.dequantize import dequantize_for_cpu
 
     from ._common import smollm_dir
 
-    model, processor = load(str(smollm_dir()))
+    loaded: tuple[Any, Any] = load(str(smollm_dir()))  # mlx_vlm's stubs are narrower than its API
+    model, processor = loaded
     start = time.perf_counter()
     weights = dequantize_for_cpu(model, args.weights)
     load_s = time.perf_counter() - start
     tokenizer = getattr(processor, "tokenizer", processor)
     user = SHORT if args.prompt == "short" else _long_prompt(tokenizer, args.long_tokens)
-    text = apply_chat_template(processor, model.config, user)
+    text: Any = apply_chat_template(processor, model.config, user)
     # warm-up (first-call allocations), not timed
-    for _ in stream_generate(model, processor, apply_chat_template(processor, model.config, "Hi"),
-                             max_tokens=2, temperature=0.0):
+    warm: Any = apply_chat_template(processor, model.config, "Hi")
+    for _ in stream_generate(model, processor, warm, max_tokens=2, temperature=0.0):
         pass
     last = None
     out = ""
@@ -72,7 +73,7 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps({
         "prompt_tokens": last.prompt_tokens, "prefill_tps": last.prompt_tps,
         "decode_tokens": last.generation_tokens, "decode_tps": last.generation_tps,
-        "ttft_s": first, "blas": cpu_fastpath.blas_in_use(), "weights": weights,
+        "ttft_s": first, "blas": blas_in_use(), "weights": weights,
         "dequantize_s": load_s, "text": out[:60], "prompt_text": text,
         "device": str(mx.default_device())}))
 
@@ -102,7 +103,7 @@ print(json.dumps({"prompt_tokens": perf.n_p_eval, "prefill_tps": perf.n_p_eval /
 
 
 def _env(fast: bool) -> dict[str, str]:
-    from mlx_server.adapters.cpu_fastpath import DISABLE_VAR, MARKER_VAR, activation_env
+    from mlx_server.app.process import DISABLE_VAR, MARKER_VAR, activation_env
 
     base = {k: v for k, v in os.environ.items()
             if k not in {"LD_PRELOAD", MARKER_VAR, "OPENBLAS_NUM_THREADS", "LD_LIBRARY_PATH"}}
@@ -179,9 +180,9 @@ def main() -> None:
         _worker(args)
         return
 
-    from mlx_server.adapters.cpu_fastpath import usable_cpus
+    from mlx_server.adapters.host import Host
 
-    threads = usable_cpus()
+    threads = Host().usable_cpus()
     rows: list[tuple[str, str, dict[str, Any] | None]] = []
     for prompt in ("short", "long"):
         shipped = None

@@ -18,7 +18,7 @@ import json
 import statistics
 import subprocess
 import time
-from typing import Any
+from typing import Any, cast
 
 # gemma-3-4b-it config.json (google/gemma-3-4b-it), shape only: the weights are random
 GEMMA3_4B: dict[str, Any] = {
@@ -86,8 +86,8 @@ def build(group_size: int, bits: int) -> tuple[Any, dict[str, Any]]:
     mx.random.seed(0)
     model_class, _ = get_model_and_args(config)
     model_config = model_class.ModelConfig.from_dict(config)
-    model_config = update_module_configs(model_config, model_class, config,
-                                         ["text", "vision", "perceiver", "projector", "audio"])
+    model_config = update_module_configs(  # type: ignore[no-untyped-call, unused-ignore]
+        model_config, model_class, config, ["text", "vision", "perceiver", "projector", "audio"])
     model = model_class.Model(model_config)
     model.update(tree_map(lambda a: a.astype(mx.bfloat16) if mx.issubdtype(a.dtype, mx.floating) else a,
                           model.parameters()))
@@ -105,7 +105,7 @@ def nbytes(tree: Any) -> int:
 
     seen: set[int] = set()
     total = 0
-    for _, array in tree_flatten(tree):
+    for _, array in cast(list[tuple[str, Any]], tree_flatten(tree)):
         if id(array) not in seen:
             seen.add(id(array))
             total += array.nbytes
@@ -119,7 +119,8 @@ def weights_pass(model: Any) -> dict[str, float]:
     import mlx.core as mx
     import mlx.nn as nn
 
-    layers = [m for _, m in model.language_model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    quantized: Any = cast(Any, nn).QuantizedLinear  # not in mlx's stubs
+    layers = [m for _, m in model.language_model.named_modules() if isinstance(m, quantized)]
     inputs = [mx.random.normal((1, 1, m.weight.shape[1] * 32 // m.bits)).astype(mx.bfloat16) for m in layers]
     mx.eval(inputs)
     read = sum(m.weight.nbytes + m.scales.nbytes + (m.biases.nbytes if m.biases is not None else 0)
@@ -195,7 +196,7 @@ def prefill_chunks(model: Any, prompt: int, chunks: list[int], runs: int) -> dic
             for chunk, t in times.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
@@ -203,7 +204,58 @@ def main() -> None:
     parser.add_argument("--prefill-chunks", default=None,
                         help="e.g. 128,256,512,2048: measure prefill per chunk size instead")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def emit(report: dict[str, Any], path: str | None) -> None:
+    """One JSON line on stdout, and in ``path`` when given."""
+    line = json.dumps(report)
+    print(line)
+    if path:
+        with open(path, "w") as handle:
+            handle.write(line + "\n")
+
+
+def byte_budget(model: Any, prompt: int, tokens: int) -> dict[str, Any]:
+    """Bytes read per decoded token: every language-model weight once (the embedding table: one
+    row), plus the KV cache at the mean context length of a run."""
+    lm_bytes = nbytes(model.language_model.parameters())
+    # the embedding table is a separate (quantized) copy of the output projection once quantized: a
+    # decode step reads one row of it, and the output projection (lm_head) in full
+    embed = model.language_model.model.embed_tokens
+    embed_bytes = nbytes(embed.parameters())
+    embed_row = embed_bytes // embed.weight.shape[0]
+    text = model.config.text_config
+    ctx = prompt + tokens / 2
+    kv_bytes = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * ctx * 2
+    return {"lm_bytes": lm_bytes, "vision_bytes": nbytes(model.parameters()) - lm_bytes,
+            "embed_table_bytes": embed_bytes, "kv_bytes_per_token": kv_bytes,
+            "bytes_per_token": lm_bytes - embed_bytes + embed_row + kv_bytes}
+
+
+def decode_report(model: Any, args: argparse.Namespace, datasheet: float | None) -> dict[str, Any]:
+    budget = byte_budget(model, args.prompt, args.tokens)
+    decode(model, args.prompt, 8)  # warm-up (kernel compilation), excluded
+    runs = [decode(model, args.prompt, args.tokens) for _ in range(args.runs)]
+    tps = [r["decode_tps"] for r in runs]
+    per_token, median = budget["bytes_per_token"], statistics.median(tps)
+    copy_bw = measured_bandwidth()
+    weights = weights_pass(model)
+    result: dict[str, Any] = {
+        **budget, "prompt_tokens": args.prompt, "decode_tokens": args.tokens, "runs": args.runs,
+        "decode_tps": {"median": median, "min": min(tps), "max": max(tps), "values": tps},
+        "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+        "datasheet_bw": datasheet, "measured_copy_bw": copy_bw,
+        "bound_tps_datasheet": datasheet / per_token if datasheet else None,
+        "bound_tps_measured": copy_bw / per_token, "weights_pass": weights, "ms_per_token": 1000 / median}
+    if datasheet:
+        result["ratio_to_datasheet_bound"] = median / result["bound_tps_datasheet"]
+    result["ratio_to_measured_bound"] = median / result["bound_tps_measured"]
+    return result
+
+
+def main() -> None:
+    args = parse_args()
     import importlib.metadata as md
 
     import mlx.core as mx
@@ -214,54 +266,13 @@ def main() -> None:
     build_s = time.perf_counter() - start
     if args.prefill_chunks:
         chunks = [int(c) for c in args.prefill_chunks.split(",")]
-        report = {"gpu": name, "mlx": md.version("mlx"), "prompt_tokens": args.prompt,
-                  "runs": args.runs, "chunks": prefill_chunks(model, args.prompt, chunks, args.runs)}
-        print(json.dumps(report))
-        if args.json:
-            with open(args.json, "w") as handle:
-                handle.write(json.dumps(report) + "\n")
+        emit({"gpu": name, "mlx": md.version("mlx"), "prompt_tokens": args.prompt, "runs": args.runs,
+              "chunks": prefill_chunks(model, args.prompt, chunks, args.runs)}, args.json)
         return
-    lm_bytes = nbytes(model.language_model.parameters())
-    # the embedding table is a separate (quantized) copy of the output projection once quantized: a
-    # decode step reads one row of it, and the output projection (lm_head) in full
-    embed = model.language_model.model.embed_tokens
-    embed_bytes = nbytes(embed.parameters())
-    embed_row = embed_bytes // embed.weight.shape[0]
-    vision_bytes = nbytes(model.parameters()) - lm_bytes
-    text = model.config.text_config
-    decode(model, args.prompt, 8)  # warm-up (kernel compilation), excluded
-    runs = [decode(model, args.prompt, args.tokens) for _ in range(args.runs)]
-    tps = [r["decode_tps"] for r in runs]
-    # bytes read per decoded token: every language-model weight once (the embedding table: one row),
-    # plus the KV cache at the mean context length of a run
-    ctx = args.prompt + args.tokens / 2
-    kv_bytes = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * ctx * 2
-    per_token = lm_bytes - embed_bytes + embed_row + kv_bytes
-    copy_bw = measured_bandwidth()
-    weights = weights_pass(model)
-    result = {
-        "device": str(mx.default_device()), "gpu": name, "mlx": md.version("mlx"),
-        "mlx_vlm": md.version("mlx-vlm"), "checkpoint": "random-weight gemma-3-4b-it shape, 4-bit affine, "
-        "group 64 (vision tower kept bf16)", "build_s": build_s, "lm_bytes": lm_bytes,
-        "vision_bytes": vision_bytes, "embed_table_bytes": embed_bytes, "kv_bytes_per_token": kv_bytes,
-        "bytes_per_token": per_token,
-        "prompt_tokens": args.prompt, "decode_tokens": args.tokens, "runs": args.runs,
-        "decode_tps": {"median": statistics.median(tps), "min": min(tps), "max": max(tps), "values": tps},
-        "ttft_s": statistics.median(r["ttft_s"] for r in runs),
-        "datasheet_bw": datasheet, "measured_copy_bw": copy_bw,
-        "bound_tps_datasheet": datasheet / per_token if datasheet else None,
-        "bound_tps_measured": copy_bw / per_token,
-    }
-    result["weights_pass"] = weights
-    result["ms_per_token"] = 1000 / statistics.median(tps)
-    if datasheet:
-        result["ratio_to_datasheet_bound"] = statistics.median(tps) / result["bound_tps_datasheet"]
-    result["ratio_to_measured_bound"] = statistics.median(tps) / result["bound_tps_measured"]
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as handle:
-            handle.write(line + "\n")
+    emit({"device": str(mx.default_device()), "gpu": name, "mlx": md.version("mlx"),
+          "mlx_vlm": md.version("mlx-vlm"), "checkpoint": "random-weight gemma-3-4b-it shape, 4-bit affine, "
+          "group 64 (vision tower kept bf16)", "build_s": build_s,
+          **decode_report(model, args, datasheet)}, args.json)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from mlx_server.adapters.images.loader import PillowImageLoader
 
+from ._common import TINY_FAMILIES, tiny_model
+
 TARGET_BYTES = 1_000_000
+T = TypeVar("T")
 
 
 def photo_like_jpeg(width: int = 2000, height: int = 1500) -> bytes:
@@ -40,7 +43,7 @@ def photo_like_jpeg(width: int = 2000, height: int = 1500) -> bytes:
     return best
 
 
-def median_ms(func: Callable[[], Any], runs: int) -> tuple[float, Any]:
+def median_ms(func: Callable[[], T], runs: int) -> tuple[float, T]:
     result = func()  # warm-up
     times = []
     for _ in range(runs):
@@ -61,13 +64,13 @@ def loader_ms(jpeg: bytes, runs: int) -> tuple[float, Image.Image]:
     return median_ms(once, runs)
 
 
-def processor_ms(name: str, build: Callable[[Path], Path], image: Image.Image, runs: int) -> float:
+def processor_ms(family: str, image: Image.Image, runs: int) -> float:
     import mlx.core as mx
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import load, prepare_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, processor = load(str(build(Path(tmp) / name)))
+        model, processor = load(str(tiny_model(family, Path(tmp) / family)))
     text = apply_chat_template(processor, model.config, "Describe the image.", num_images=1)
 
     def once() -> Any:
@@ -77,7 +80,7 @@ def processor_ms(name: str, build: Callable[[Path], Path], image: Image.Image, r
         mx.eval(inputs["pixel_values"])
         return inputs
     ms, inputs = median_ms(once, runs)
-    print(f"  {name}: mlx_vlm prepare_inputs  median {ms:7.1f} ms   pixel_values "
+    print(f"  {family}: mlx_vlm prepare_inputs  median {ms:7.1f} ms   pixel_values "
           f"{tuple(inputs['pixel_values'].shape)}, {inputs['input_ids'].shape[1]} prompt tokens")
     return ms
 
@@ -97,10 +100,8 @@ def main() -> None:
           f"{image.size[0]}x{image.size[1]} {image.mode}")
     if args.no_processor:
         return
-    from tests.support.tiny_models import build_gemma3, build_qwen3_vl
-
-    for name, build in (("gemma3", build_gemma3), ("qwen3_vl", build_qwen3_vl)):
-        processor_ms(name, build, image, args.runs)
+    for family in TINY_FAMILIES:
+        processor_ms(family, image, args.runs)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ same max tokens, temperature 0, on SmolLM2. Run: python -m bench.overhead [--run
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import time
+from typing import Any, cast
 
 import openai
 
@@ -20,16 +22,16 @@ def raw_decode_tps(tokens: int) -> tuple[float, int]:
     from mlx_vlm.utils import load
 
     model, processor = load(str(smollm_dir()))
-    prompt = apply_chat_template(processor, model.config, MESSAGES)
+    prompt = cast(str, apply_chat_template(processor, model.config, MESSAGES))
     last = None
-    for result in stream_generate(model, processor, prompt, max_tokens=tokens, temperature=0.0):
+    for result in stream_generate(model, cast(Any, processor), prompt, max_tokens=tokens, temperature=0.0):
         last = result
     assert last is not None
     return last.generation_tps, last.generation_tokens
 
 
 def server_decode_tps(client: openai.OpenAI, tokens: int) -> tuple[float, int]:
-    stream = client.chat.completions.create(model="smollm", messages=MESSAGES,  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model="smollm", messages=cast(Any, MESSAGES),
                                             temperature=0, max_tokens=tokens, stream=True,
                                             stream_options={"include_usage": True})
     first = last = 0.0
@@ -56,9 +58,9 @@ def main() -> None:
         server_decode_tps(client, 4)  # warm-up
         for _ in range(args.runs):  # alternate, so drift on a noisy machine hits both sides
             served.append(server_decode_tps(client, args.tokens)[0])
-            process.send_signal(19)  # SIGSTOP: the idle server must not share the cores
+            process.send_signal(signal.SIGSTOP)  # the idle server must not share the cores
             raw.append(raw_decode_tps(args.tokens)[0])
-            process.send_signal(18)  # SIGCONT
+            process.send_signal(signal.SIGCONT)
     finally:
         process.terminate()
     ours, theirs = statistics.median(served), statistics.median(raw)

@@ -11,9 +11,15 @@ import argparse
 import asyncio
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlx_server.adapters.cpu_fastpath import ensure_fast_blas
+from ._fastpath import prepare
+
+if TYPE_CHECKING:
+    from mlx_server.adapters.mlx.engine import MlxEngine
+    from mlx_server.domain.chat import ChatService
+    from mlx_server.domain.completion import Usage
+    from mlx_server.domain.conversation import Message
 
 
 def words(seed: int, n: int) -> str:
@@ -21,10 +27,14 @@ def words(seed: int, n: int) -> str:
     return " ".join(f"{topics[(seed + i) % len(topics)]}-{seed}-{i}" for i in range(n))
 
 
-async def ttft(service: Any, model: str, messages: list[Any], max_tokens: int = 8) -> tuple[float, str, Any]:
+async def ttft(service: ChatService, model: str, messages: list[Message],
+               max_tokens: int = 8) -> tuple[float, str, Usage]:
     """Seconds to the first token, the reply, and its usage."""
     from mlx_server.domain.completion import StreamEnd, TextDelta
-    from mlx_server.domain.conversation import ChatRequest, SamplingParams
+    from mlx_server.domain.conversation import (
+        ChatRequest,
+        SamplingParams,
+    )
 
     start, first, text = time.perf_counter(), None, ""
     request = ChatRequest(model=model, messages=tuple(messages),
@@ -38,26 +48,37 @@ async def ttft(service: Any, model: str, messages: list[Any], max_tokens: int = 
     raise RuntimeError("no end")
 
 
-def user(text: str) -> Any:
-    from mlx_server.domain.conversation import Message, Role, TextPart
+def said(role: str, text: str) -> Message:
+    from mlx_server.domain.conversation import (
+        Message,
+        Role,
+        TextPart,
+    )
 
-    return Message(Role.USER, (TextPart(text),))
-
-
-def assistant(text: str) -> Any:
-    from mlx_server.domain.conversation import Message, Role, TextPart
-
-    return Message(Role.ASSISTANT, (TextPart(text),))
+    return Message(Role(role), (TextPart(text),))
 
 
-async def growing(cached: Any, plain: Any, runs: int) -> None:
-    history: list[Any] = []
+def user(text: str) -> Message:
+    return said("user", text)
+
+
+def assistant(text: str) -> Message:
+    return said("assistant", text)
+
+
+async def _history(cached: ChatService) -> list[Message]:
+    history: list[Message] = []
     for turn in range(1, 6):  # five turns of ~420 tokens each (prompt + reply): the history
         history.append(user(f"Note {turn}: " + words(turn, 65) + ". Reply OK."))
         seconds, reply, usage = await ttft(cached, "smollm", history)
         history.append(assistant(reply))
         print(f"turn {turn}: prompt {usage.prompt_tokens:5d} tokens, cached {usage.cached_tokens:5d}, "
               f"TTFT {seconds:6.3f} s (with cache)")
+    return history
+
+
+async def growing(cached: ChatService, plain: ChatService, runs: int) -> None:
+    history = await _history(cached)
     with_cache, without = [], []
     for run in range(runs):
         prompt = [*history, user(f"Question {run}: which note mentioned comets first?")]
@@ -72,11 +93,15 @@ async def growing(cached: Any, plain: Any, runs: int) -> None:
           f"{statistics.median(without):.3f} s = {ratio:.4f}  (target <= 0.05)")
 
 
-async def interleaved(cached: Any, turns: int) -> None:
-    from mlx_server.domain.prefix_cache import CacheEntry, PrefixCache
+def shadow(store: Any) -> list[int]:
+    """Make ``store`` (the engine's KvPrefixStore) also feed an unlimited cache; the returned
+    one-item list counts the tokens that one would have reused: the cacheable tokens."""
+    from mlx_server.domain.prefix_cache import (
+        CacheEntry,
+        PrefixCache,
+    )
 
-    store = cached.engine.prefix
-    ideal = PrefixCache(1 << 60, 10_000)  # an unlimited cache: the cacheable tokens
+    ideal = PrefixCache(1 << 60, 10_000)
     cacheable = [0]
     plan, save = store.plan, store.save
 
@@ -91,9 +116,14 @@ async def interleaved(cached: Any, turns: int) -> None:
         save(found, cache, generated)
 
     store.plan, store.save = shadow_plan, shadow_save
+    return cacheable
+
+
+async def interleaved(cached: ChatService, engine: MlxEngine, turns: int) -> None:
+    store: Any = engine.prefix
+    cacheable = shadow(store)
     before = store.policy.stats.reused_tokens
-    chats: list[list[Any]] = [[user(f"Conversation {c}. Context: " + words(10 + c, 60))]
-                              for c in range(4)]
+    chats = [[user(f"Conversation {c}. Context: " + words(10 + c, 60))] for c in range(4)]
     reused = 0
     for turn in range(turns):
         for c, chat in enumerate(chats):
@@ -109,7 +139,7 @@ async def interleaved(cached: Any, turns: int) -> None:
 
 
 def main() -> None:
-    ensure_fast_blas()
+    prepare()
     from mlx_server.adapters.mlx.engine import MlxEngine
     from mlx_server.adapters.store.catalog import StaticCatalog
     from mlx_server.app.bootstrap import build_service
@@ -123,10 +153,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     args = parser.parse_args()
     catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir()), Family.GENERIC, 8192)})
-    cached = build_service(Settings(), engine=MlxEngine(), catalog=catalog)
+    engine = MlxEngine()
+    cached = build_service(Settings(), engine=engine, catalog=catalog)
     plain = build_service(Settings(), engine=MlxEngine(prefix_cache=False), catalog=catalog)
     asyncio.run(growing(cached, plain, args.runs))
-    asyncio.run(interleaved(cached, args.turns))
+    asyncio.run(interleaved(cached, engine, args.turns))
 
 
 if __name__ == "__main__":

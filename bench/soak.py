@@ -12,21 +12,19 @@ import argparse
 import itertools
 import random
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from ._common import start_server
+from ._common import rss_mb, start_server, tiny_model
 
-
-def server_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+SEED = 20261125
+Job = tuple[str, bool, bool]  # model, stream, cancel
 
 
 def one_request(base: str, model: str, stream: bool, cancel: bool, tokens: int) -> tuple[int, float]:
@@ -44,56 +42,56 @@ def one_request(base: str, model: str, stream: bool, cancel: bool, tokens: int) 
         return response.status_code, time.monotonic() - started
 
 
-def main() -> None:
-    from tests.support.tiny_models import build_gemma3
+def plan(models: list[str], requests: int, cancel_share: float) -> list[Job]:
+    """A cancelled request is a stream its client leaves after the first chunk."""
+    rng = random.Random(SEED)
+    return [(rng.choice(models), rng.random() < 0.5 or cancel, cancel)
+            for cancel in (rng.random() < cancel_share for _ in range(requests))]
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--cancel", type=float, default=0.1)
-    parser.add_argument("--tokens", type=int, default=8)
-    args = parser.parse_args()
-    gemma = str(build_gemma3(Path(tempfile.mkdtemp()) / "gemma3"))
-    models = ["smollm", gemma]
-    process, base = start_server("--model", "smollm", "--max-queue", str(args.clients * 2))
-    rng = random.Random(20261125)
-    # a cancelled request is a stream its client leaves after the first chunk
-    plan = [(rng.choice(models), rng.random() < 0.5 or cancel, cancel)
-            for cancel in (rng.random() < args.cancel for _ in range(args.requests))]
-    results: list[tuple[int, float]] = []
-    samples: list[tuple[str, float]] = []  # (loaded model, server RSS) after each request
-    lock = threading.Lock()
 
-    def client(jobs: list[tuple[str, bool, bool]]) -> None:
+@dataclass
+class Soak:
+    base: str
+    process: subprocess.Popen[bytes]
+    tokens: int
+    results: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[tuple[str, float]] = field(default_factory=list)  # (loaded model, server RSS) after each
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client(self, jobs: list[Job]) -> None:
         for model, stream, cancel in jobs:
-            outcome = one_request(base, model, stream, cancel, args.tokens)
-            loaded = str(httpx.get(f"{base}/health", timeout=30).json().get("model"))
-            with lock:
-                results.append(outcome)
-                samples.append((loaded, server_rss_mb(process.pid)))
+            outcome = one_request(self.base, model, stream, cancel, self.tokens)
+            loaded = str(httpx.get(f"{self.base}/health", timeout=30).json().get("model"))
+            with self.lock:
+                self.results.append(outcome)
+                self.samples.append((loaded, rss_mb(self.process.pid)))
 
-    started = time.monotonic()
-    try:
-        threads = [threading.Thread(target=client, args=(plan[i::args.clients],))
-                   for i in range(args.clients)]
+    def run(self, jobs: list[Job], clients: int) -> str:
+        """Every job, spread over ``clients`` threads; the server's /metrics afterwards."""
+        threads = [threading.Thread(target=self.client, args=(jobs[i::clients],)) for i in range(clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=3600)
-        metrics = httpx.get(f"{base}/metrics", timeout=30).text
-    finally:
-        process.terminate()
+        return httpx.get(f"{self.base}/metrics", timeout=30).text
+
+
+def report_requests(soak: Soak, jobs: list[Job], args: argparse.Namespace, metrics: str, took: float) -> None:
+    results = soak.results
     latencies = sorted(seconds for _, seconds in results)
     errors = sum(1 for status, _ in results if status >= 500)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    print(f"{len(results)} requests from {args.clients} clients in {time.monotonic() - started:.0f} s"
+    print(f"{len(results)} requests from {args.clients} clients in {took:.0f} s"
           f" ({args.cancel:.0%} of requests cancelled mid-stream)")
     print(f"  5xx: {errors}   statuses: {sorted({status for status, _ in results})}")
     stopped = [line for line in metrics.splitlines()
                if line.startswith("mlx_server_cancellations_total{")]
-    print(f"  cancelled {sum(1 for _, _, cancel in plan if cancel)} streams; the server counted: "
+    print(f"  cancelled {sum(1 for _, _, cancel in jobs if cancel)} streams; the server counted: "
           + (", ".join(line.split("{", 1)[1] for line in stopped) or "none"))
     print(f"  latency p50 {statistics.median(latencies):.3f} s, p99 {p99:.3f} s")
+
+
+def report_rss(samples: list[tuple[str, float]]) -> None:
     # compare like with like: the same model loaded, each time right after it was swapped back in
     # (a swap clears MLX's buffer cache, so these samples hold the model and one request's buffers)
     swapped_back = [r for i, (m, r) in enumerate(samples)
@@ -105,6 +103,29 @@ def main() -> None:
           f"first/25%/50%/75%/last of {len(swapped_back)}: "
           + " ".join(f"{r:.0f}" for r in quartiles) + f" MB, ratio last/first "
           f"{swapped_back[-1] / swapped_back[0]:.3f}; at the very end {samples[-1][1]:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--cancel", type=float, default=0.1)
+    parser.add_argument("--tokens", type=int, default=8)
+    args = parser.parse_args()
+    models_dir = Path(tempfile.mkdtemp())
+    gemma = str(tiny_model("gemma3", models_dir / "gemma3"))
+    process, base = start_server("--model", "smollm", "--max-queue", str(args.clients * 2),
+                                 "--models-dir", str(models_dir))  # other local paths are refused
+    jobs = plan(["smollm", gemma], args.requests, args.cancel)
+    soak = Soak(base, process, args.tokens)
+    started = time.monotonic()
+    try:
+        metrics = soak.run(jobs, args.clients)
+    finally:
+        process.terminate()
+    report_requests(soak, jobs, args, metrics, time.monotonic() - started)
+    report_rss(soak.samples)
+
 
 if __name__ == "__main__":
     main()

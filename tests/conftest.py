@@ -9,7 +9,7 @@ from hypothesis import settings
 
 from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.domain.models import Family, ModelRef
-from tests.support.tiny_models import build_gemma3, build_qwen3_vl
+from tests.support.tiny_models import build_gemma3, build_qwen3, build_qwen3_vl
 
 # NOTE: wall-clock deadlines make property tests flaky on shared 2-core machines; the properties,
 # not their speed, are what these tests check
@@ -25,14 +25,14 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 def pytest_configure(config: pytest.Config) -> None:
     """Real-model tests run on the Linux CPU fast path: re-exec pytest with OpenBLAS preloaded
     before any test imports MLX (a no-op where it is active already, or not Linux CPU)."""
-    from mlx_server.adapters.cpu_fastpath import activation_env, ensure_fast_blas
+    from mlx_server.app.process import activation_env, prepare_process
 
-    if activation_env() is None:
+    if activation_env(os.environ, this_process=True) is None:
         return
     capture = config.pluginmanager.getplugin("capturemanager")
     if capture is not None:  # give fds 1/2 back, or the new pytest writes into capture files
         capture.stop_global_capturing()
-    ensure_fast_blas()
+    prepare_process(os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +64,11 @@ def tiny_gemma3(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def tiny_qwen3_vl(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_qwen3_vl(tmp_path_factory.mktemp("tiny_models") / "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_qwen3(tmp_path_factory.mktemp("tiny_models") / "qwen3")
 
 
 

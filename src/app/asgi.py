@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from ..adapters.cpu_fastpath import ensure_fast_blas
 from ..adapters.http.disconnect import DisconnectWatch
 from .bootstrap import build
 from .config import settings_from_env
+from .process import prepare_process
 
 
 def create() -> DisconnectWatch:
     if "gunicorn" not in sys.modules:  # uvicorn --factory; gunicorn's master did it already
-        ensure_fast_blas()
+        prepare_process(os.environ)
     return build(settings_from_env())

@@ -13,7 +13,8 @@ from ..adapters.http.perimeter import allowed_hosts_for
 from ..adapters.metrics import PrometheusMetrics
 from ..adapters.store.catalog import StaticCatalog
 from ..adapters.system import RandomIds, SystemClock
-from ..domain.chat import ChatService
+from ..domain.chat import ChatLimits, ChatService
+from ..domain.lifecycle import StartupPolicy
 from ..domain.ports import (
     Clock,
     IdSource,
@@ -62,19 +63,29 @@ def build_images(settings: Settings) -> ImageLoader:
                                          allow_private=settings.allow_private_image_urls))
 
 
+def build_worker(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> GenerationWorker:
+    """The generation thread, told at construction what it reports: which model is loaded (it
+    schedules around swaps), requests dropped unrun, and the queue depth as it changes."""
+    return GenerationWorker(
+        QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch),
+        loaded=lambda: engine.loaded.id if engine.loaded else None,
+        dropped=lambda model: metrics.cancelled(model or "", "queued"),
+        depth=metrics.queue_depth)
+
+
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                   catalog: ModelCatalog | None = None, clock: Clock | None = None,
                   ids: IdSource | None = None, images: ImageLoader | None = None,
                   metrics: Metrics | None = None) -> ChatService:
-    return ChatService(catalog=catalog or build_catalog(settings),
-                       engine=engine or build_engine(settings),
+    engine = engine or build_engine(settings)
+    metrics = metrics or NoMetrics()
+    return ChatService(catalog=catalog or build_catalog(settings), engine=engine,
                        clock=clock or SystemClock(), ids=ids or RandomIds(),
                        images=images or build_images(settings),
-                       worker=GenerationWorker(QueuePolicy(settings.max_queue,
-                                                           settings.queue_timeout,
-                                                           settings.swap_batch)),
-                       metrics=metrics or NoMetrics(),
-                       max_tokens_cap=settings.max_tokens_cap, max_images=settings.max_images)
+                       worker=build_worker(settings, engine, metrics), metrics=metrics,
+                       limits=ChatLimits(settings.max_tokens_cap, settings.max_images),
+                       startup=StartupPolicy(settings.model, settings.fallback_model,
+                                             settings.idle_unload))
 
 
 def build(settings: Settings, *, engine: InferenceEngine | None = None,
@@ -88,15 +99,13 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
     metrics.watch_loaded_model(lambda: service.loaded_model.id if service.loaded_model else None)
     backend = backend_of(service.engine)
     log.info("backend: %s", ", ".join(f"{key}={value}" for key, value in backend().items()))
-    options = HttpOptions(max_body_bytes=settings.max_body_bytes, preload=settings.model,
-                          fallback=settings.fallback_model, api_key=settings.api_key,
-                          metrics_auth=settings.metrics_auth,
-                          cors_origins=settings.cors_origins, idle_unload=settings.idle_unload,
+    options = HttpOptions(max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
+                          metrics_auth=settings.metrics_auth, cors_origins=settings.cors_origins,
                           allowed_hosts=allowed_hosts_for(settings.host, settings.allowed_hosts),
                           body_timeout=settings.body_timeout)
     if settings.metrics_auth and not settings.api_key:
         log.warning("--metrics-auth has no effect without --api-key: /metrics stays open")
-    return create_app(service, catalog, spec_text(), options, backend=backend, metrics=metrics)
+    return create_app(service, spec_text(), options, backend=backend, metrics=metrics)
 
 
 def backend_of(engine: InferenceEngine) -> Callable[[], Mapping[str, str]]:
@@ -105,7 +114,7 @@ def backend_of(engine: InferenceEngine) -> Callable[[], Mapping[str, str]]:
 
     if not isinstance(engine, MlxEngine):
         return lambda: {"engine": type(engine).__name__}
-    from ..adapters.cpu_fastpath import backend_report
+    from .process import backend_report
 
     report = {"engine": "mlx", **backend_report()}  # checked once: it cannot change later
     return lambda: {**report, "weights": engine.weights}

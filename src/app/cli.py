@@ -18,9 +18,9 @@ from .config import add_serve_arguments, settings_from_args, settings_from_env
 
 def main(argv: Sequence[str] | None = None) -> None:
     if argv is None:  # a real process start (not a call from tests): nothing has imported mlx yet
-        from ..adapters.cpu_fastpath import ensure_fast_blas
+        from .process import prepare_process
 
-        ensure_fast_blas()  # Linux CPU: re-exec with OpenBLAS preloaded; returns when not needed
+        prepare_process(os.environ)  # Linux CPU: may re-exec with OpenBLAS preloaded
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["pull"], ["models"]):
         raise SystemExit(_store_command(args))

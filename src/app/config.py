@@ -14,6 +14,14 @@ from typing import Any
 
 import attrs
 
+from ..domain.chat import ChatLimits
+from ..domain.lifecycle import StartupPolicy
+from ..domain.worker import QueuePolicy
+
+# The domain's policy objects hold its defaults; Settings only refers to them. Adapter options
+# (HttpOptions) have none of their own: their defaults are stated here.
+_LIMITS, _QUEUE, _STARTUP = ChatLimits(), QueuePolicy(), StartupPolicy()
+
 ENGINES = ("mlx", "fake")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -38,20 +46,20 @@ class Settings:
     # are servable only when given as --model / --fallback-model
     models_dirs: tuple[Path, ...] = ()
     max_body_mb: float = 64.0
-    max_tokens_cap: int = 4096
+    max_tokens_cap: int = _LIMITS.max_tokens_cap
     max_image_bytes: int = 20 * 1024 * 1024
     # images one request may carry: each is decoded whole (up to 40 MP) before it queues
-    max_images: int = attrs.field(default=16, validator=attrs.validators.ge(0))
+    max_images: int = attrs.field(default=_LIMITS.max_images, validator=attrs.validators.ge(0))
     allow_private_image_urls: bool = False
     prefix_cache: bool = True
     prefix_cache_mb: int | None = None  # None: sized from the machine
     # prompt tokens per prefill pass; a cancel is seen between passes. None: by device (MlxEngine)
     prefill_chunk: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
-    max_queue: int = 16
-    queue_timeout: float = 600.0
-    swap_batch: int = 4  # later requests for the loaded model served before an older swap
-    idle_unload: float = 0.0  # seconds without requests before the model is freed; 0: never
+    max_queue: int = _QUEUE.max_queue
+    queue_timeout: float = _QUEUE.queue_timeout
+    swap_batch: int = _QUEUE.max_jumps  # later requests for the loaded model before a swap
+    idle_unload: float = _STARTUP.idle_unload  # seconds without requests before the model is freed
     api_key: str | None = attrs.field(default=None, repr=False)
     metrics_auth: bool = False  # /metrics behind the API key too
     cors_origins: tuple[str, ...] = ()

@@ -7,17 +7,18 @@ lets running requests and streams finish, and is killed after `graceful_timeout`
 """
 
 import copy
+import os
 from typing import Any, ClassVar
 
 from gunicorn.glogging import CONFIG_DEFAULTS
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
-from ..adapters.cpu_fastpath import ensure_fast_blas
 from ..adapters.http.transport import head_deadline_protocol
 from .config import settings_from_env
+from .process import prepare_process
 
 # In the master, before it forks: a worker must never re-exec (it would become a new master).
-ensure_fast_blas()
+prepare_process(os.environ)
 
 _settings = settings_from_env()
 

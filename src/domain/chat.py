@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 
 import attrs
 
@@ -23,6 +23,14 @@ from .completion import (
 )
 from .conversation import ChatRequest, ImagePart, SamplingParams, ToolChoiceMode
 from .errors import ContextTooLong, DomainError, EngineFailure, InvalidRequest
+from .lifecycle import (
+    ModelListing,
+    ServiceStatus,
+    StartupPolicy,
+    list_models,
+    preload,
+    unload_when_idle,
+)
 from .models import ModelRef
 from .ports import (
     Clock,
@@ -52,28 +60,72 @@ from .worker import Cancelled, GenerationWorker
 log = logging.getLogger(__name__)
 
 
+@attrs.frozen
+class ChatLimits:
+    """What a request may ask for by default; the command line's defaults are these."""
+
+    max_tokens_cap: int = 4096  # completion length when the request sets none
+    max_images: int = 16  # per request: each is fetched and decoded whole before it queues
+
+
 @attrs.define
 class ChatService:
     catalog: ModelCatalog
     engine: InferenceEngine
     clock: Clock
     ids: IdSource
-    worker: GenerationWorker = attrs.field(factory=GenerationWorker)
+    # the composition root passes one wired to its engine and metrics; this default reports
+    # to the service's own
+    worker: GenerationWorker = attrs.field(
+        default=attrs.Factory(lambda self: self._default_worker(), takes_self=True))
     images: ImageLoader | None = None
     metrics: Metrics = attrs.field(factory=NoMetrics)
-    max_tokens_cap: int = 4096  # completion length when the request sets none
-    max_images: int = 16  # per request: each is fetched and decoded whole before it queues
+    limits: ChatLimits = attrs.field(factory=ChatLimits)
+    startup: StartupPolicy = attrs.field(factory=StartupPolicy)
 
-    last_used: float = 0.0  # clock time of the last request (idle unload)
+    last_used: float = attrs.field(init=False)  # clock time of the last request (idle unload)
+    _idle: asyncio.Task[None] | None = attrs.field(init=False, default=None)
 
-    def __attrs_post_init__(self) -> None:
-        self.worker.loaded = lambda: self.engine.loaded.id if self.engine.loaded else None
-        self.worker.dropped = lambda model: self.metrics.cancelled(model or "", "queued")
-        self.last_used = self.clock.now()
+    @last_used.default
+    def _now(self) -> float:
+        return self.clock.now()
+
+    def _default_worker(self) -> GenerationWorker:
+        return GenerationWorker(loaded=self._loaded_id,
+                                dropped=lambda model: self.metrics.cancelled(model or "", "queued"),
+                                depth=lambda waiting: self.metrics.queue_depth(waiting))
 
     @property
     def loaded_model(self) -> ModelRef | None:
         return self.engine.loaded
+
+    # -- serving: what the HTTP layer starts, stops and reports -----------------------------
+
+    async def start(self) -> None:
+        """Begin serving: free the model when idle (if asked), then preload the startup model
+        or its fallback."""
+        if self.startup.idle_unload > 0:
+            self._idle = asyncio.create_task(unload_when_idle(self.unload_if_idle,
+                                                              self.startup.idle_unload))
+        await preload(self.load, self.startup.candidates())
+
+    async def stop(self) -> None:
+        """Stop the idle timer and join the generation thread (running jobs finish first)."""
+        if self._idle is not None:
+            self._idle.cancel()
+        await asyncio.to_thread(self.worker.stop)
+
+    def status(self) -> ServiceStatus:
+        return ServiceStatus("busy" if self.worker.busy else "idle", self._loaded_id(),
+                             self.worker.queued)
+
+    async def models(self, name: str | None = None) -> ModelListing:
+        """Every model a client may name, or the one `name` resolves to (ModelNotFound)."""
+        return await asyncio.to_thread(list_models, self.catalog, name, self._loaded_id())
+
+    def _loaded_id(self) -> str | None:
+        loaded = self.engine.loaded
+        return loaded.id if loaded else None
 
     async def unload_if_idle(self, seconds: float) -> bool:
         """Free the model when no request came for `seconds`; the next request loads it again."""
@@ -96,39 +148,40 @@ class ChatService:
         await self.worker.call(lambda: self._ensure_loaded(model), model=model.id)
         return model
 
-    async def open_stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def open_stream(self, request: ChatRequest) -> ChatStream:
         """Start generating; errors before the first token (unknown model, prompt too long)
         raise here, so the caller can still answer with a proper status."""
         _check_tools(request)
         model = await asyncio.to_thread(self._admit, request)
-        plan_tools(request, model)  # refuse tools the model cannot call before loading anything
+        # a settled model is decided on now, before anything loads; a guessed one once fetched
+        plan = _decide(request, model) if model.settled else None
         images = await self._load_images(request, model)  # before queueing for the engine
         self.last_used = self.clock.now()
         events = self.worker.run(lambda cancelled: _engine_faults(
-            self._generate(request, images, model, cancelled)), model=model.id)
-        self.metrics.queue_depth(self.worker.queued)
-        first = await anext(events)
-        return _chain(first, events)
+            self._generate(request, images, model, plan, cancelled)), model=model.id)
+        return ChatStream(await anext(events), events)
 
     async def complete(self, request: ChatRequest) -> Completion:
         """The stream, assembled: streaming and not always agree."""
         events: list[ToolEvent] = []
         logprobs: list[TokenLogprob] = []
         start: StreamStart | None = None
-        async for event in await self.open_stream(request):
-            if isinstance(event, StreamStart):
-                start = event
-            elif isinstance(event, TextDelta):
-                events.append(ContentPiece(event.text))
-                logprobs.extend(event.logprobs)
-            elif isinstance(event, CallStarted | CallArguments):
-                events.append(event)
-            elif start is not None:
-                reply = assemble(events)
-                return Completion(id=start.id, created=start.created, model=start.model,
-                                  text=reply.content, finish_reason=event.finish_reason,
-                                  usage=event.usage, tool_calls=reply.calls,
-                                  logprobs=tuple(logprobs) if request.sampling.logprobs else None)
+        async with contextlib.aclosing(await self.open_stream(request)) as stream:
+            async for event in stream:
+                if isinstance(event, StreamStart):
+                    start = event
+                elif isinstance(event, TextDelta):
+                    events.append(ContentPiece(event.text))
+                    logprobs.extend(event.logprobs)
+                elif isinstance(event, CallStarted | CallArguments):
+                    events.append(event)
+                elif start is not None:
+                    reply = assemble(events)
+                    return Completion(
+                        id=start.id, created=start.created, model=start.model, text=reply.content,
+                        finish_reason=event.finish_reason, usage=event.usage,
+                        tool_calls=reply.calls, ttft=event.ttft,
+                        logprobs=tuple(logprobs) if request.sampling.logprobs else None)
         raise EngineFailure("generation ended without finishing")
 
     def _admit(self, request: ChatRequest) -> ModelRef:
@@ -148,20 +201,18 @@ class ChatService:
         return self.engine.loaded or model
 
     async def _load_images(self, request: ChatRequest, model: ModelRef) -> tuple[LoadedImage, ...]:
-        """Decode or fetch every image part concurrently; the first failure cancels the rest."""
-        jobs = [(f"messages[{i}].content[{j}].image_url.url", part.url)
-                for i, message in enumerate(request.messages)
-                for j, part in enumerate(message.content) if isinstance(part, ImagePart)]
+        """Decode or fetch every image part concurrently; the first failure cancels the rest.
+        Whether the model takes images is decided elsewhere (`_decide`), once."""
+        jobs = _image_parts(request)
         if not jobs:
             return ()
-        if not model.vision or self.images is None:
-            raise InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
-                                 "Send text only, or choose a vision model (gemma, qwen).",
-                                 param=jobs[0][0], code="unsupported_value")
-        if len(jobs) > self.max_images:
+        if self.images is None:  # a service built without a loader serves text only
+            raise _no_vision(model, jobs[0][0])
+        cap = self.limits.max_images
+        if len(jobs) > cap:
             raise InvalidRequest(
-                f"The request has {len(jobs)} images; this server takes at most {self.max_images} "
-                "per request (--max-images).", param=jobs[self.max_images][0], code="invalid_value")
+                f"The request has {len(jobs)} images; this server takes at most {cap} "
+                "per request (--max-images).", param=jobs[cap][0], code="invalid_value")
         loader = self.images
         tasks = [asyncio.ensure_future(loader.load(url, param=param)) for param, url in jobs]
         try:
@@ -172,12 +223,12 @@ class ChatService:
 
     def _generate(
         self, request: ChatRequest, images: tuple[LoadedImage, ...], model: ModelRef,
-        cancelled: Cancelled,
+        plan: ToolPlan | None, cancelled: Cancelled,
     ) -> Generator[StreamEvent, None, None]:
-        model = self._ensure_loaded(model)  # the fetched model's family may differ: plan again
+        model = self._ensure_loaded(model)
+        plan = plan or _decide(request, model)  # the fetched model's config is known now
         # token ids and counts against the model now loaded: MLX does not bounds-check them
         check_token_ids(request.sampling, self.engine.vocab_size)
-        plan = plan_tools(request, model)
         prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
                                                  plan.prefix))
         params = attrs.evolve(request.sampling,
@@ -222,7 +273,7 @@ class ChatService:
                                 ttft=ttft, decode_seconds=self.clock.now() - decoding)
         run.ended = True
         yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
-                        rejected_calls=run.parser.rejected)
+                        rejected_calls=run.parser.rejected, ttft=ttft)
 
     def _completion_budget(
         self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef
@@ -237,7 +288,7 @@ class ChatService:
                 "Shorten the messages or lower max_tokens.",
                 param="messages",
             )
-        return wanted if wanted is not None else min(room, self.max_tokens_cap)
+        return wanted if wanted is not None else min(room, self.limits.max_tokens_cap)
 
 
 class _Run:
@@ -290,6 +341,29 @@ class _Run:
             self.done = self.plan.single_call and isinstance(event, CallArguments)
 
 
+def _decide(request: ChatRequest, model: ModelRef) -> ToolPlan:
+    """What depends on the model's family and vision, decided once they are known (settled, or
+    read from the fetched files): how tools are offered, and whether images may come."""
+    plan = plan_tools(request, model)
+    images = _image_parts(request)
+    if images and not model.vision:
+        raise _no_vision(model, images[0][0])
+    return plan
+
+
+def _image_parts(request: ChatRequest) -> list[tuple[str, str]]:
+    """(param, url) of each image part, in order."""
+    return [(f"messages[{i}].content[{j}].image_url.url", part.url)
+            for i, message in enumerate(request.messages)
+            for j, part in enumerate(message.content) if isinstance(part, ImagePart)]
+
+
+def _no_vision(model: ModelRef, param: str) -> InvalidRequest:
+    return InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
+                          "Send text only, or choose a vision model (gemma, qwen).",
+                          param=param, code="unsupported_value")
+
+
 def _check_tools(request: ChatRequest) -> None:
     choice = request.tool_choice
     names = {tool.name for tool in request.tools}
@@ -314,10 +388,42 @@ def _engine_faults(events: Generator[StreamEvent, None, None]) -> Generator[Stre
         raise EngineFailure(f"Inference failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def _chain(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    try:
-        yield first
-        async for event in rest:
-            yield event
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+class ChatStream:
+    """A started generation's events, the first already in hand (what failed before it was
+    raised by open_stream). It notes the start and the end as they pass, so the access log
+    reads the model, usage and time to first token here: nothing else watches the stream.
+    Closing it ends the worker job: a waiting one is dropped, a running one sees cancelled."""
+
+    def __init__(self, first: StreamEvent, rest: AsyncGenerator[StreamEvent, None]) -> None:
+        self._first: StreamEvent | None = first
+        self._rest = rest
+        self.start: StreamStart | None = None
+        self.end: StreamEnd | None = None
+
+    @property
+    def model(self) -> str | None:
+        return self.start.model if self.start else None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.end.usage if self.end else None
+
+    @property
+    def ttft(self) -> float | None:
+        return self.end.ttft if self.end else None
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        event, self._first = self._first, None
+        if event is None:
+            event = await anext(self._rest)
+        if isinstance(event, StreamStart):
+            self.start = event
+        elif isinstance(event, StreamEnd):
+            self.end = event
+        return event
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()

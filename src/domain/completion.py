@@ -73,6 +73,9 @@ class StreamEnd:
     finish_reason: FinishReason
     usage: Usage
     rejected_calls: int = 0  # call blocks that did not parse or fit: returned as content
+    # seconds from the generation's start (queued and loaded) to its first token, on the
+    # service's clock: the one figure the metrics and the access log both report
+    ttft: float = 0.0
 
 
 StreamEvent = StreamStart | TextDelta | CallStarted | CallArguments | StreamEnd
@@ -88,3 +91,4 @@ class Completion:
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None  # None: not requested
+    ttft: float = 0.0  # as StreamEnd.ttft

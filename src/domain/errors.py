@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+RETRY_AFTER = 5  # seconds a client is asked to wait: a busy queue drains, a restart is back
+
 
 class DomainError(Exception):
     code = "invalid_request_error"
@@ -54,7 +56,7 @@ class ServerBusy(DomainError):
     """The queue is full, or a request waited longer than the server allows: try again later."""
 
     code = "server_busy"
-    retry_after = 5  # seconds, sent as Retry-After
+    retry_after = RETRY_AFTER  # sent as Retry-After
 
 
 class EngineFailure(DomainError):

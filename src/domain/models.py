@@ -6,12 +6,17 @@ import enum
 
 import attrs
 
+from .families import GENERIC
+
 
 class Family(enum.StrEnum):
-    """Decides the prompt conventions (tool-call format, image markers) of a model."""
+    """Names of the built-in family profiles (domain.families), for code that names one
+    directly. The families themselves, and which config model_type belongs to which, live in
+    domain.families; ModelRef.family is any profile's name."""
 
     GEMMA3 = "gemma3"
     QWEN3_VL = "qwen3_vl"
+    QWEN3 = "qwen3"
     GENERIC = "generic"
 
 
@@ -19,9 +24,10 @@ class Family(enum.StrEnum):
 class ModelRef:
     id: str  # the canonical id clients see: a repo id, or a local path
     source: str  # what the engine loads: a local directory, a repo id or a file
-    family: Family = Family.GENERIC
-    context_length: int = 8192
+    family: str = GENERIC.name  # the name of its profile (domain.families)
+    context_length: int = GENERIC.default_context
     vision: bool = False  # whether the model takes images
+    settled: bool = True  # False: family/vision/context are guesses (config not read yet)
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""Tool calls in model output: the public face of the per-family formats.
+"""Tool calls in model output: the public face of the formats (which family uses which is in
+its profile, domain.families).
 
 Rules, identical for `parse` and for a streamer (see tool_blocks for the details):
 - a call block runs from the family's opener to the first closer after it; each block is judged
@@ -14,9 +15,8 @@ Rules, identical for `parse` and for a streamer (see tool_blocks for the details
 
 from __future__ import annotations
 
-from .models import Family
 from .tool_gemma import GemmaToolCalls
-from .tool_qwen import QwenToolCalls
+from .tool_hermes import HermesToolCalls
 from .tool_types import (
     CallArguments,
     CallStarted,
@@ -33,22 +33,10 @@ __all__ = [
     "CallStarted",
     "ContentPiece",
     "GemmaToolCalls",
+    "HermesToolCalls",
     "ParsedReply",
-    "QwenToolCalls",
     "ToolCallFormat",
     "ToolCallStreamer",
     "ToolEvent",
     "assemble",
-    "format_for",
 ]
-
-_FORMATS: dict[Family, ToolCallFormat] = {
-    Family.GEMMA3: GemmaToolCalls(),
-    Family.QWEN3_VL: QwenToolCalls(),
-}
-
-
-def format_for(family: Family) -> ToolCallFormat | None:
-    """The tool-call format of a model family. GENERIC (e.g. SmolLM2's plain ChatML template,
-    which ignores `tools`) has none: tools are not offered to it and nothing is parsed."""
-    return _FORMATS.get(family)

@@ -1,5 +1,5 @@
 """How one request uses tools: which format parses the output, what the template sees, and what
-the assistant turn is forced to start with."""
+the assistant turn is forced to start with. The model's family profile decides all of it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import attrs
 
 from .conversation import ChatRequest, Message, ToolChoiceMode, ToolSpec
 from .errors import InvalidRequest
-from .gemma_prompt import gemma_tool_messages
-from .models import Family, ModelRef
-from .tool_calls import ContentPiece, ToolCallFormat, ToolEvent, format_for
-
-# Gemma has no tool-result role: when it writes a result block itself, it is making one up.
-_GEMMA_INVENTED_RESULT = "```tool_output"
+from .families import profile_named, tool_families
+from .models import ModelRef
+from .tool_calls import ContentPiece, ToolCallFormat, ToolEvent
 
 
 @attrs.frozen
@@ -28,23 +25,29 @@ class ToolPlan:
 
 def plan_tools(request: ChatRequest, model: ModelRef) -> ToolPlan:
     """Decide how `request` offers its tools to `model`; refuses tools a model cannot call."""
+    profile = profile_named(model.family)
     offered = request.tool_choice.mode is not ToolChoiceMode.NONE and bool(request.tools)
-    fmt = format_for(model.family) if offered else None
+    fmt = profile.tool_format if offered else None
     if offered and fmt is None:
-        raise InvalidRequest(
-            f"The model {model.id!r} has no tool-calling format this server knows (Gemma 3 "
-            "tool_code blocks, Qwen <tool_call> tags). Send the request without tools, with "
-            "tool_choice 'none', or choose a Gemma 3 or Qwen3-VL model.", param="tools",
-            code="unsupported_value")
+        raise _no_tool_format(model)
     tools = request.tools if fmt else ()
-    messages, template_tools = request.messages, tools
-    stops: tuple[str, ...] = ()
-    if model.family is Family.GEMMA3:  # its template knows no tools: the prompt carries them
-        messages, template_tools = gemma_tool_messages(request.messages, tools), ()
-        stops = (_GEMMA_INVENTED_RESULT,) if fmt else ()
+    messages, template_tools = profile.prompt(request.messages, tools)
     return ToolPlan(format=fmt, tools=tools, messages=messages, template_tools=template_tools,
-                    prefix=fmt.forced_prefix(request.tool_choice) if fmt else "", stops=stops,
+                    prefix=fmt.forced_prefix(request.tool_choice) if fmt else "",
+                    stops=profile.extra_stops if fmt else (),
                     single_call=fmt is not None and not request.parallel_tool_calls)
+
+
+def _no_tool_format(model: ModelRef) -> InvalidRequest:
+    """The 400 for tools offered to a family without a tool-call convention; it names the
+    families that have one, from the registry."""
+    titles = [profile.title for profile in tool_families()]
+    choice = ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else "".join(titles)
+    return InvalidRequest(
+        f"The model {model.id!r} has no tool-calling format this server knows. Send the "
+        "request without tools, with "
+        f"tool_choice 'none', or choose a {choice} model.", param="tools",
+        code="unsupported_value")
 
 
 class PlainText:

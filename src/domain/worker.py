@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar
 
 import attrs
@@ -44,13 +44,19 @@ class GenerationWorker:
     A job is a generator function; each item it yields is handed to the awaiting coroutine through
     an asyncio queue. When the consumer goes away (client disconnect), the job sees `cancelled()`
     turn true and its generator is closed after the current item; a job still waiting is dropped.
+
+    What it reports goes through hooks given at construction (the composition root wires them):
+    the loaded model it schedules around, jobs dropped unrun, and the queue depth at each change.
     """
 
-    def __init__(self, policy: QueuePolicy | None = None, name: str = "mlx-generation",
-                 loaded: Callable[[], str | None] = lambda: None) -> None:
+    def __init__(self, policy: QueuePolicy | None = None, name: str = "mlx-generation", *,
+                 loaded: Callable[[], str | None] = lambda: None,
+                 dropped: Callable[[str | None], None] = lambda model: None,
+                 depth: Callable[[int], None] = lambda waiting: None) -> None:
         self.policy = policy or QueuePolicy()
-        self.loaded = loaded  # which model is in memory: lets the scheduler avoid swaps
-        self.dropped: Callable[[str | None], None] = lambda model: None  # a cancelled job unrun
+        self._loaded = loaded  # which model is in memory: lets the scheduler avoid swaps
+        self._dropped = dropped  # a cancelled job left unrun, with the model it wanted
+        self._depth = depth  # the waiting count, each time it changes (a queue-depth gauge)
         self._waiting: list[_Job] = []
         self._wakeup = threading.Condition()
         self._name = name
@@ -83,7 +89,7 @@ class GenerationWorker:
         if thread is not None:
             thread.join()
 
-    async def run(self, produce: Producer[T], *, model: str | None = None) -> AsyncIterator[T]:
+    async def run(self, produce: Producer[T], *, model: str | None = None) -> AsyncGenerator[T, None]:
         """Run `produce` on the worker thread and yield what it yields. Raises ServerBusy when
         the queue is full or the job waited too long."""
         self.start()
@@ -125,6 +131,7 @@ class GenerationWorker:
                 raise ServerBusy(f"The server is busy: {len(self._waiting)} requests are waiting "
                                  "for the model. Retry shortly.")
             self._waiting.append(job)
+            self._depth(len(self._waiting))
             self._wakeup.notify()
 
     def _serve_forever(self) -> None:
@@ -155,20 +162,25 @@ class GenerationWorker:
                 if self._stopping:
                     return None
                 self._wakeup.wait()
-            index = next_job([job.model for job in self._waiting], self.loaded(), jumps,
+            index = next_job([job.model for job in self._waiting], self._loaded(), jumps,
                              self.policy.max_jumps)
-            return self._waiting.pop(index), index > 0
+            job = self._waiting.pop(index)
+            self._depth(len(self._waiting))
+            return job, index > 0
 
     def _prune(self) -> None:
         """Drop the waiting jobs whose consumer went away (call with the lock held)."""
-        for job in [w for w in self._waiting if w.cancelled.is_set()]:
+        gone = [w for w in self._waiting if w.cancelled.is_set()]
+        for job in gone:
             self._waiting.remove(job)
             self._drop(job)
+        if gone:
+            self._depth(len(self._waiting))
 
     def _drop(self, job: _Job) -> None:
         """End a job that never ran: its consumer went away."""
         job.push((_DONE, None))
-        self.dropped(job.model)
+        self._dropped(job.model)
 
     @staticmethod
     def _serve(job: _Job) -> None:

@@ -1,28 +1,35 @@
 """Linux CPU fast path: float32 weights give the same greedy text, OpenBLAS is really in use,
-and the activation logic (CPU budget, opt-out, platforms) behaves."""
+and the process start-up (activation, re-exec, opt-out, platforms) behaves. The decisions are
+tested over fake wheels, fake /proc files and a fake environ; the real re-exec in subprocesses.
+The CPU budget itself: tests/unit/test_host.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
-from mlx_server.adapters import cpu_fastpath
-from mlx_server.adapters.cpu_fastpath import (
+from mlx_server.adapters.host import Host
+from mlx_server.app.process import (
     DISABLE_VAR,
     MARKER_VAR,
+    Wheels,
     activation_env,
-    fast_blas_library,
-    usable_cpus,
+    backend_report,
+    prepare_process,
 )
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the fast path is Linux only")
-needs_openblas = pytest.mark.skipif(fast_blas_library() is None,
+needs_openblas = pytest.mark.skipif(Wheels.installed().openblas is None,
                                     reason="cmeel-openblas is not installed")
 
 PROMPTS = [
@@ -39,107 +46,200 @@ MAX_TOKENS = 12
 LOGIT_ATOL = 0.15
 
 
-# --------------------------------------------------------------------------------- CPU budget
-
-
-def _cgroup_v2(root: Path, cpu_max: str, path: str = "/") -> Path:
-    directory = root / path.strip("/") if path.strip("/") else root
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "cpu.max").write_text(cpu_max + "\n")
-    proc = root.parent / "self-cgroup"
-    proc.write_text(f"0::{path}\n")
-    return proc
-
-
-def test_usable_cpus_follows_the_affinity_mask(tmp_path: Path) -> None:
-    proc = _cgroup_v2(tmp_path / "cg", "max 100000")
-    assert usable_cpus(tmp_path / "cg", proc, affinity={0, 1, 2, 3, 4, 5}) == 6
-    assert usable_cpus(tmp_path / "cg", proc, affinity={3}) == 1
-
-
-def test_usable_cpus_is_bounded_by_a_cgroup_v2_quota(tmp_path: Path) -> None:
-    root = tmp_path / "cg"
-    proc = _cgroup_v2(root, "200000 100000", "/box/job")
-    assert usable_cpus(root, proc, affinity=set(range(16))) == 2
-    (root / "box" / "cpu.max").write_text("100000 100000\n")  # a tighter parent wins
-    assert usable_cpus(root, proc, affinity=set(range(16))) == 1
-    (root / "box" / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
-    assert usable_cpus(root, proc, affinity=set(range(16))) == 1
-    (root / "box" / "cpu.max").write_text("max 100000\n")
-    (root / "box" / "job" / "cpu.max").write_text("350000 100000\n")  # 3.5 CPUs -> 4 threads
-    assert usable_cpus(root, proc, affinity=set(range(16))) == 4
-    assert usable_cpus(root, proc, affinity={0, 1}) == 2  # affinity is the other bound
-
-
-def test_usable_cpus_reads_a_cgroup_v1_quota(tmp_path: Path) -> None:
-    mount = tmp_path / "cg" / "cpu,cpuacct"
-    job = mount / "docker" / "abc"
-    job.mkdir(parents=True)
-    (job / "cpu.cfs_quota_us").write_text("300000\n")
-    (job / "cpu.cfs_period_us").write_text("100000\n")
-    (mount / "cpu.cfs_quota_us").write_text("-1\n")
-    (mount / "cpu.cfs_period_us").write_text("100000\n")
-    proc = tmp_path / "self-cgroup"
-    proc.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
-    assert usable_cpus(tmp_path / "cg", proc, affinity=set(range(8))) == 3
-
-
-def test_usable_cpus_without_cgroup_files(tmp_path: Path) -> None:
-    assert usable_cpus(tmp_path / "none", tmp_path / "none-either", affinity={0, 1, 2}) == 3
-
-
-# ---------------------------------------------------------------------------- activation_env
+# ---------------------------------------------------------------------- activation_env (fakes)
 
 _LIB = Path("/opt/fake/libopenblas.so.0")
 
 
-def test_activation_env_sets_preload_threads_and_marker() -> None:
-    env = {"LD_PRELOAD": "/x/libother.so", "LD_LIBRARY_PATH": "/usr/local/lib"}
-    changes = activation_env(env, platform="linux", library=_LIB, cpus=3)
-    if changes is None:  # the test process itself may already run with OpenBLAS mapped
-        assert cpu_fastpath._mapped_openblas() is not None or cpu_fastpath._cuda_build()
-        return
-    assert changes["LD_PRELOAD"] == f"{_LIB}:/x/libother.so"
-    assert changes[MARKER_VAR] == str(_LIB)
-    assert changes["OPENBLAS_NUM_THREADS"] == "3"
-    assert changes.get("LD_LIBRARY_PATH", "/usr/local/lib").endswith("/usr/local/lib")
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    """Linux, 3 CPUs, no cgroup quota, nothing mapped: every file under tmp_path."""
+    return Host(platform="linux", meminfo=tmp_path / "meminfo", cgroup_root=tmp_path / "cg",
+                self_cgroup=tmp_path / "self-cgroup", self_maps=tmp_path / "maps",
+                affinity=frozenset({0, 1, 2}))
 
 
-def test_activation_env_keeps_a_user_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_fastpath, "_mapped_openblas", lambda: None)
-    changes = activation_env({"OPENBLAS_NUM_THREADS": "1"}, platform="linux", library=_LIB, cpus=8)
-    if changes is not None:
-        assert "OPENBLAS_NUM_THREADS" not in changes
+@pytest.fixture
+def wheels(tmp_path: Path) -> Wheels:
+    """cmeel-openblas and mlx[cpu] installed; mlx[cpu] ships its own libgfortran."""
+    libs = tmp_path / "site-packages" / "mlx_cpu.libs"
+    libs.mkdir(parents=True)
+    (libs / "libgfortran-040039e1.so.5.0.0").write_bytes(b"")
+    return Wheels(openblas=_LIB, mlx_cpu_libs=libs, cuda=False)
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    return {"XDG_CACHE_HOME": str(tmp_path / "cache"), "LD_PRELOAD": "/x/libother.so",
+            "LD_LIBRARY_PATH": "/usr/local/lib"}
+
+
+def _private_dir(environ: Mapping[str, str], wheels: Wheels) -> Path:
+    assert wheels.mlx_cpu_libs is not None
+    target = next(wheels.mlx_cpu_libs.glob("libgfortran*"))
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+    return Path(environ["XDG_CACHE_HOME"]) / "mlx-server" / f"blas-libs-{digest}"
+
+
+def test_activation_env_sets_preload_threads_and_marker(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    changes = activation_env(environ, host=host, wheels=wheels)
+    private = _private_dir(environ, wheels)
+    assert changes == {
+        "LD_PRELOAD": f"{_LIB}:/x/libother.so",  # first, the user's preloads kept after it
+        MARKER_VAR: str(_LIB),
+        "LD_LIBRARY_PATH": f"{private}:{wheels.mlx_cpu_libs}:/usr/local/lib",
+        "OPENBLAS_NUM_THREADS": "3",  # the host's usable CPUs
+    }
+    assert environ["LD_PRELOAD"] == "/x/libother.so"  # only a description: nothing is changed
+
+
+def test_the_thread_count_follows_the_cgroup_quota(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    host.cgroup_root.mkdir()
+    (host.cgroup_root / "cpu.max").write_text("100000 100000\n")
+    changes = activation_env(environ, host=host, wheels=wheels)
+    assert changes is not None and changes["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_mlx_cpus_gfortran_is_linked_from_a_private_directory(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    """libgfortran.so.5 (the SONAME OpenBLAS asks for) -> the copy mlx[cpu] ships, kept across
+    starts, and replaced when it points elsewhere (mlx[cpu] reinstalled)."""
+    link = _private_dir(environ, wheels) / "libgfortran.so.5"
+    activation_env(environ, host=host, wheels=wheels)
+    target = link.resolve()
+    assert link.is_symlink() and target.parent == wheels.mlx_cpu_libs
+    activation_env(environ, host=host, wheels=wheels)  # a second start keeps it
+    assert link.resolve() == target
+    link.unlink()
+    link.symlink_to("/nowhere/libgfortran.so.5")
+    activation_env(environ, host=host, wheels=wheels)
+    assert link.resolve() == target
+    assert [p.name for p in link.parent.iterdir()] == ["libgfortran.so.5"]  # no temporaries
+
+
+def test_activation_env_keeps_a_user_thread_count(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        changes = activation_env({**environ, var: "1"}, host=host, wheels=wheels)
+        assert changes is not None and "OPENBLAS_NUM_THREADS" not in changes, var
+
+
+def test_activation_env_without_preloads_or_paths_of_its_own(
+        host: Host, wheels: Wheels, tmp_path: Path) -> None:
+    changes = activation_env({"XDG_CACHE_HOME": str(tmp_path / "cache")}, host=host,
+                             wheels=wheels)
+    assert changes is not None
+    assert changes["LD_PRELOAD"] == str(_LIB)
+    assert changes["LD_LIBRARY_PATH"].endswith(str(wheels.mlx_cpu_libs))
 
 
 @pytest.mark.parametrize("env, platform", [
     ({DISABLE_VAR: "0"}, "linux"),
     ({DISABLE_VAR: "off"}, "linux"),
+    ({DISABLE_VAR: " No "}, "linux"),
     ({MARKER_VAR: str(_LIB)}, "linux"),  # already active, or already tried: never loop
     ({}, "darwin"),  # macOS keeps Accelerate
     ({}, "win32"),
 ])
-def test_activation_env_has_nothing_to_do(env: dict[str, str], platform: str) -> None:
-    assert activation_env(env, platform=platform, library=_LIB, cpus=2) is None
+def test_activation_env_has_nothing_to_do(env: dict[str, str], platform: str, host: Host,
+                                          wheels: Wheels) -> None:
+    assert activation_env(env, host=attrs.evolve(host, platform=platform), wheels=wheels) is None
 
 
-def test_activation_env_without_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_fastpath, "fast_blas_library", lambda platform=None: None)
-    monkeypatch.setattr(cpu_fastpath, "_mapped_openblas", lambda: None)
-    assert activation_env({}, platform="linux") is None
+def test_activation_env_without_the_library(host: Host, wheels: Wheels) -> None:
+    assert activation_env({}, host=host, wheels=attrs.evolve(wheels, openblas=None)) is None
 
 
-def test_activation_env_leaves_cuda_builds_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_fastpath, "_cuda_build", lambda: True)
-    assert activation_env({}, platform="linux", library=_LIB, cpus=2) is None
+def test_activation_env_leaves_cuda_builds_alone(host: Host, wheels: Wheels) -> None:
+    assert activation_env({}, host=host, wheels=attrs.evolve(wheels, cuda=True)) is None
+
+
+def test_openblas_mapped_already_counts_for_this_process_only(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    """Started with OpenBLAS preloaded by hand (no marker): this process needs nothing, a child
+    started with the same environment would still."""
+    host.self_maps.write_text("7f10-7f20 r-xp 00001000 08:01 2 /usr/lib/libopenblas.so.0\n")
+    assert activation_env(environ, host=host, wheels=wheels, this_process=True) is None
+    assert activation_env(environ, host=host, wheels=wheels) is not None
+
+
+# ---------------------------------------------------------------------- prepare_process (fakes)
+
+
+@attrs.define
+class _Exec:
+    calls: list[tuple[str, list[str], dict[str, str]]] = attrs.Factory(list)
+
+    def __call__(self, path: str, argv: list[str], env: Mapping[str, str]) -> None:
+        self.calls.append((path, argv, dict(env)))
+
+
+def test_prepare_process_reexecs_with_the_same_command_line(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    execve = _Exec()
+    prepare_process(environ, argv=["-m", "mlx_server", "--port", "8000"], host=host,
+                    wheels=wheels, loaded=(), execve=execve)
+    [(path, argv, env)] = execve.calls
+    assert path == sys.executable
+    assert argv == [sys.executable, "-m", "mlx_server", "--port", "8000"]
+    assert env == {**environ, **(activation_env(environ, host=host, wheels=wheels) or {})}
+    assert env[MARKER_VAR] == str(_LIB) and env["OPENBLAS_NUM_THREADS"] == "3"
+
+
+def test_prepare_process_defaults_to_the_interpreters_own_command_line(
+        host: Host, wheels: Wheels, environ: dict[str, str]) -> None:
+    execve = _Exec()
+    prepare_process(environ, host=host, wheels=wheels, loaded=(), execve=execve)
+    assert execve.calls[0][1] == [sys.executable, *sys.orig_argv[1:]]
+
+
+def test_prepare_process_with_nothing_to_do_returns(
+        host: Host, wheels: Wheels, environ: dict[str, str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    execve = _Exec()
+    prepare_process({**environ, DISABLE_VAR: "0"}, host=host, wheels=wheels, loaded=(),
+                    execve=execve)
+    prepare_process(environ, host=attrs.evolve(host, platform="darwin"), wheels=wheels,
+                    loaded=(), execve=execve)
+    assert execve.calls == [] and caplog.records == []
+
+
+def test_prepare_process_after_mlx_was_imported_warns_and_continues(
+        host: Host, wheels: Wheels, environ: dict[str, str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    execve = _Exec()
+    with caplog.at_level(logging.WARNING, logger="mlx_server.app.process"):
+        prepare_process(environ, host=host, wheels=wheels, loaded={"mlx.core"}, execve=execve)
+    assert execve.calls == []
+    assert "mlx was imported before prepare_process()" in caplog.text
+    assert f"set {DISABLE_VAR}=0 to silence this" in caplog.text
+
+
+def test_prepare_process_warns_when_the_preload_did_not_happen(
+        host: Host, wheels: Wheels, caplog: pytest.LogCaptureFixture) -> None:
+    """After the re-exec the marker is set; OpenBLAS missing from the maps means the loader
+    could not preload it (a warning, never a second exec)."""
+    execve = _Exec()
+    environ = {MARKER_VAR: str(_LIB)}
+    with caplog.at_level(logging.WARNING, logger="mlx_server.app.process"):
+        prepare_process(environ, host=host, wheels=wheels, loaded=(), execve=execve)
+    assert execve.calls == []
+    assert f"{MARKER_VAR}={_LIB} is set but OpenBLAS is not loaded" in caplog.text
+    caplog.clear()
+    host.self_maps.write_text(f"7f10-7f20 r-xp 00001000 08:01 2 {_LIB}\n")
+    prepare_process(environ, host=host, wheels=wheels, loaded=(), execve=execve)
+    assert execve.calls == [] and caplog.records == []  # preloaded: all is well
 
 
 # -------------------------------------------------------------- the BLAS really in use (checked)
 
 _PROBE = (
-    "import json, mlx.core as mx; from mlx_server.adapters import cpu_fastpath as c; "
+    "import json, mlx.core as mx; from mlx_server.adapters.mlx.backend import blas_in_use; "
+    "from mlx_server.app.process import backend_report; "
     "mx.eval(mx.ones((64, 64)) @ mx.ones((64, 64))); "
-    "print(json.dumps({'blas': c.blas_in_use(measure=True), 'report': c.backend_report()}))"
+    "print(json.dumps({'blas': blas_in_use(measure=True), 'report': backend_report()}))"
 )
 
 
@@ -166,36 +266,52 @@ def test_openblas_serves_mlx_when_activated() -> None:
     result = _probe({**base, **changes})
     assert result["blas"].startswith("openblas "), result
     assert f"({changes['OPENBLAS_NUM_THREADS']} threads)" in result["blas"]
+    assert "GFLOP/s sgemm 512" in result["blas"]
     assert result["report"]["device"] == "cpu"
+    assert result["report"]["cpus"] == str(Host().usable_cpus())
+    assert "fast_blas" not in result["report"]
 
 
 @linux_only
 def test_reference_blas_without_activation() -> None:
     result = _probe({**_plain_env(), DISABLE_VAR: "0"})
     assert result["blas"].startswith("reference"), result
+    assert result["report"]["fast_blas"] == f"disabled ({DISABLE_VAR})"
+
+
+def test_backend_report_of_this_process() -> None:
+    report = backend_report()
+    assert report["device"] in {"cpu", "gpu"} and report["blas"] and int(report["cpus"]) >= 1
 
 
 @linux_only
 @needs_openblas
-def test_ensure_fast_blas_reexecs_before_mlx_is_imported() -> None:
-    code = ("import sys; from mlx_server.adapters import cpu_fastpath as c; c.ensure_fast_blas(); "
+def test_prepare_process_reexecs_before_mlx_is_imported() -> None:
+    code = ("import os, sys; from mlx_server.app.process import prepare_process; "
+            "prepare_process(os.environ); "
             "import mlx.core as mx; mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8))); "
-            "print(c.blas_in_use(), sys.argv[1:])")
-    done = subprocess.run([sys.executable, "-c", code, "--flag", "x y"], env=_plain_env(),
-                          capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.startswith("openblas "), done
-    assert "['--flag', 'x y']" in done.stdout  # the same command line after the exec
+            "from mlx_server.adapters.mlx.backend import blas_in_use; "
+            "print(blas_in_use(), sys.argv[1:], os.getpid())")
+    process = subprocess.Popen([sys.executable, "-c", code, "--flag", "x y"], env=_plain_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert out.startswith("openblas "), out
+    assert "['--flag', 'x y']" in out  # the same command line after the exec
+    assert out.split()[-1] == str(process.pid)  # the same process
 
 
 @linux_only
 @needs_openblas
-def test_ensure_fast_blas_after_mlx_import_warns_and_continues() -> None:
-    code = ("import mlx.core as mx; from mlx_server.adapters import cpu_fastpath as c; "
-            "c.ensure_fast_blas(); mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8))); print(c.blas_in_use())")
+def test_prepare_process_after_mlx_import_warns_and_continues() -> None:
+    code = ("import os, mlx.core as mx; from mlx_server.app.process import prepare_process; "
+            "from mlx_server.adapters.mlx.backend import blas_in_use; "
+            "prepare_process(os.environ); mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8))); "
+            "print(blas_in_use())")
     done = subprocess.run([sys.executable, "-c", code], env=_plain_env(), capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout.startswith("reference"), done
-    assert "imported before ensure_fast_blas" in done.stderr
+    assert "imported before prepare_process" in done.stderr
 
 
 # ------------------------------------------------------------------ dequantized == quantized

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import attrs
 import pytest
 from huggingface_hub import constants
 
 from mlx_server.adapters.mlx.gguf_convert import builtin_smollm2_gguf
+from mlx_server.adapters.store.aliases import BUILTIN_REFS
+from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.adapters.store.hf_store import BUILTIN_ID, HuggingFaceStore
 from mlx_server.app.commands import list_local, pull
 from mlx_server.domain.errors import ModelNotFound, ModelUnavailable
@@ -34,6 +37,7 @@ from mlx_server.domain.models import Family
 
 LLAMA = "fake-org/tiny-llama"
 GEMMA = "fake-org/tiny-gemma"
+QWEN3 = "fake-org/tiny-qwen3"
 ODD_TYPE = "fake-org/not-mlx"  # a model_type mlx_vlm has no module for
 NO_WEIGHTS = "fake-org/no-weights"
 GATED = "fake-org/gated"
@@ -49,6 +53,7 @@ REPOS: dict[str, dict[str, bytes]] = {
             "chat_template.jinja": b"{{ messages }}", "README.md": b"# not downloaded"},
     GEMMA: {"config.json": _config("gemma3", text_config={"hidden_size": 8}),
             "model.safetensors": b"\0" * 8},
+    QWEN3: {"config.json": _config("qwen3", hidden_size=8), "model.safetensors": b"\0" * 8},
     ODD_TYPE: {"config.json": _config("definitely_not_a_model"), "model.safetensors": b"\0"},
     NO_WEIGHTS: {"config.json": _config("llama"), "weights.bin": b"\0"},
 }
@@ -194,7 +199,25 @@ def test_explicit_cache_dir_and_family_from_config(
     ref = store.fetch(store.resolve(GEMMA))
     assert Path(ref.source).is_relative_to(own) and not cache.exists()
     assert (ref.family, ref.context_length) == (Family.GEMMA3, 131072)
-    assert store.resolve(GEMMA).family is Family.GEMMA3  # read from the cache, before fetch
+    assert store.resolve(GEMMA).family == Family.GEMMA3  # read from the cache, before fetch
+
+
+def test_the_profile_comes_from_the_config_model_type(online: HuggingFaceStore) -> None:
+    before = online.resolve(QWEN3)  # config not cached yet: a guess, flagged as one
+    assert not before.settled and before.family == Family.GENERIC
+    fetched = online.fetch(before)
+    assert (fetched.family, fetched.context_length, fetched.vision, fetched.settled) == (
+        Family.QWEN3, 40960, False, True)  # no max_position_embeddings: the profile's default
+    assert attrs.evolve(online.resolve(QWEN3), source=fetched.source) == fetched  # from the cache
+
+
+def test_built_in_aliases_are_one_table_known_before_download(cache: Path, tmp_path: Path) -> None:
+    store, static = HuggingFaceStore(tmp_path / "c", offline=True), StaticCatalog()
+    for alias, ref in BUILTIN_REFS.items():
+        assert store.resolve(alias) == static.resolve(alias) == ref and ref.settled
+    qwen3 = store.resolve("qwen3")
+    assert (qwen3.id, qwen3.family, qwen3.context_length, qwen3.vision) == (
+        "mlx-community/Qwen3-4B-4bit", Family.QWEN3, 40960, False)
 
 
 def test_list_models_keeps_only_loadable_cached_repos(
@@ -210,6 +233,7 @@ def test_list_models_keeps_only_loadable_cached_repos(
     assert listed["mlx-community/gemma-3-4b-it-4bit"].created == 0
     assert listed["mlx-community/Qwen3-VL-4B-Instruct-4bit"].aliases == ("qwen",)
     assert listed[BUILTIN_ID].aliases == ("smollm",)
+    assert listed["mlx-community/Qwen3-4B-4bit"].aliases == ("qwen3",)
     assert listed[BUILTIN_ID].owned_by == "mlx-server"
     assert list(listed)[:3] == ["mlx-community/gemma-3-4b-it-4bit",
                                 "mlx-community/Qwen3-VL-4B-Instruct-4bit", BUILTIN_ID]
@@ -219,7 +243,8 @@ def test_list_models_without_cache_dir(cache: Path, tmp_path: Path) -> None:
     store = HuggingFaceStore(tmp_path / "c", offline=True)
     assert not cache.exists()
     assert {info.id for info in store.list_models()} == {
-        "mlx-community/gemma-3-4b-it-4bit", "mlx-community/Qwen3-VL-4B-Instruct-4bit", BUILTIN_ID}
+        "mlx-community/gemma-3-4b-it-4bit", "mlx-community/Qwen3-VL-4B-Instruct-4bit", BUILTIN_ID,
+        "mlx-community/Qwen3-4B-4bit"}
 
 
 # -- hub failures -----------------------------------------------------------------------------
@@ -268,7 +293,7 @@ def test_gated_repo_says_how_to_log_in(online: HuggingFaceStore) -> None:
 
 @pytest.mark.parametrize("name", ["a/b/c", "bad id!", "owner/bad name", "gpt-4o", "../nowhere"])
 def test_invalid_names_are_not_found(online: HuggingFaceStore, name: str) -> None:
-    with pytest.raises(ModelNotFound, match="gemma, qwen, smollm") as caught:
+    with pytest.raises(ModelNotFound, match="gemma, qwen, smollm, qwen3") as caught:
         online.resolve(name)
     assert caught.value.param == "model"
 
@@ -304,8 +329,9 @@ def gguf_file() -> Path:
 def test_local_gguf_is_converted_once(cache: Path, tmp_path: Path, gguf_file: Path) -> None:
     online = HuggingFaceStore(tmp_path / "converted", offline=True, local_models=[gguf_file])
     ref = online.resolve(str(gguf_file))
-    assert ref.id == str(gguf_file.resolve())
+    assert ref.id == str(gguf_file.resolve()) and not ref.settled  # known once converted
     first = online.fetch(ref)
+    assert first.settled
     directory = Path(first.source)
     assert directory.parent == tmp_path / "converted"
     assert directory.name.startswith(gguf_file.stem + "-")
@@ -348,7 +374,7 @@ def test_pull_prints_the_local_path(online: HuggingFaceStore) -> None:
 
 @pytest.mark.parametrize(("name", "code", "text"), [
     ("fake-org/missing", 2, "check the id"),
-    ("bad id!", 2, "Aliases: gemma, qwen, smollm"),
+    ("bad id!", 2, "Aliases: gemma, qwen, smollm, qwen3"),
     (GATED, 1, "hf auth login"),
 ])
 def test_pull_failures(online: HuggingFaceStore, name: str, code: int, text: str) -> None:

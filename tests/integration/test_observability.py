@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import falcon.testing
@@ -81,7 +82,7 @@ def test_access_line_has_the_model_and_tokens(client: falcon.testing.TestClient,
     assert int(done["completion_tokens"]) == usage["completion_tokens"]
     assert done["cached_tokens"] == "0"
     assert streamed["model"] == done["model"] and int(streamed["completion_tokens"]) > 0
-    assert 0 < float(streamed["ttft"]) <= float(streamed["total"])
+    assert 0 <= float(streamed["ttft"]) <= float(streamed["total"])
 
 
 def test_a_stream_is_logged_once_when_it_ends(client: falcon.testing.TestClient,
@@ -157,3 +158,42 @@ def test_draining_refuses_new_work_with_503(client: falcon.testing.TestClient) -
     health = client.simulate_get("/health")  # probes still answer, and say why work is refused
     assert (health.status_code, health.json["state"]) == (200, "draining")
     assert client.simulate_get("/metrics").status_code == 200
+
+
+def queue_depth(text: str) -> float:
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "mlx_server_queue_depth")
+
+
+def test_the_queue_depth_gauge_counts_the_waiting_requests_and_returns_to_zero(
+        metrics: PrometheusMetrics) -> None:
+    """The gauge was set before a request was enqueued (so it left that one out) and never
+    lowered: the worker now reports each change, on enqueue, dequeue and drop."""
+    app = build(Settings(engine="fake"), engine=FakeEngine(delay=0.05), metrics=metrics)
+    waiting = 3
+
+    async def ask(conductor: falcon.testing.ASGIConductor) -> str:
+        streamed = await conductor.simulate_post(
+            "/v1/chat/completions", json={"model": "gemma", "messages": USER},
+            host="127.0.0.1", _stream_result=True)
+        await streamed._task  # the whole response, as ConnectedTestClient waits for it
+        await streamed.finalize()
+        return streamed.status
+
+    async def depth(conductor: falcon.testing.ASGIConductor) -> float:
+        return queue_depth((await conductor.simulate_get("/metrics", host="127.0.0.1")).text)
+
+    async def run() -> tuple[float, list[str], float]:
+        async with falcon.testing.ASGIConductor(app) as conductor:
+            asked = [asyncio.create_task(ask(conductor)) for _ in range(waiting + 1)]
+            seen = await depth(conductor)
+            while seen < waiting and not all(task.done() for task in asked):
+                await asyncio.sleep(0.005)
+                seen = await depth(conductor)
+            statuses = await asyncio.gather(*asked)
+            return seen, statuses, await depth(conductor)
+
+    seen, statuses, after = asyncio.run(run())
+    assert statuses == ["200 OK"] * (waiting + 1)
+    assert seen == waiting  # one generating, the others queued
+    assert after == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.tiny_models import TEMPLATES_DIR, build_gemma3, build_qwen3_vl
+from tests.support.tiny_models import TEMPLATES_DIR, build_gemma3, build_qwen3, build_qwen3_vl
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +23,10 @@ EXPECTED_TEMPLATES = {
     "qwen3_vl_chat_template.jinja": (
         5292,
         "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4",
+    ),
+    "qwen3_chat_template.jinja": (
+        4116,
+        "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5",
     ),
 }
 GEMMA_TOKENS_PER_IMAGE = 16
@@ -136,6 +140,18 @@ def test_directory_layout(family: str, request: pytest.FixtureRequest) -> None:
         "model.safetensors",
     ):
         assert (path / name).is_file(), name
+
+
+def test_qwen3_text_layout_and_determinism(tiny_qwen3: Path, tmp_path: Path) -> None:
+    config = json.loads((tiny_qwen3 / "config.json").read_text())
+    tok = json.loads((tiny_qwen3 / "tokenizer.json").read_text())
+    assert config["model_type"] == "qwen3" and "text_config" not in config
+    assert config["vocab_size"] == len(tok["model"]["vocab"]) + len(tok["added_tokens"]) == 603
+    template = (TEMPLATES_DIR / "qwen3_chat_template.jinja").read_text(encoding="utf-8")
+    assert json.loads((tiny_qwen3 / "tokenizer_config.json").read_text())["chat_template"] == template
+    again = build_qwen3(tmp_path / "again")
+    for f in sorted(tiny_qwen3.iterdir()):
+        assert (again / f.name).read_bytes() == f.read_bytes(), f.name
 
 
 def test_build_is_deterministic(tmp_path: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tiny random-weight gemma3 / qwen3_vl checkpoints that ``mlx_vlm.load`` reads offline.
+"""Tiny random-weight gemma3 / qwen3_vl / qwen3 checkpoints that ``mlx_vlm.load`` reads offline.
 
 The layout matches an ``mlx_vlm.convert -q`` output (4-bit affine language model, bf16 vision
 tower/projector), with the real chat templates and special tokens. Builds are deterministic.
@@ -28,7 +28,7 @@ JsonDict = dict[str, Any]
 
 
 def read_template(name: str) -> str:
-    """The checked-in real chat template ("gemma3" or "qwen3_vl"), byte-exact."""
+    """The checked-in real chat template ("gemma3", "qwen3_vl" or "qwen3"), byte-exact."""
     return (TEMPLATES_DIR / f"{name}_chat_template.jinja").read_bytes().decode("utf-8")
 
 
@@ -298,4 +298,45 @@ def build_qwen3_vl(out_dir: Path) -> Path:
     write_json(out_dir / "chat_template.json", {"chat_template": template})
     _qwen3_vl_processor_files(out_dir)
     _save_model(qwen3_vl_config(vocab_size), out_dir, tie_lm_head=False)
+    return out_dir
+
+
+# --------------------------------------------------------------------------- qwen3 (text)
+
+
+def qwen3_config(vocab_size: int) -> JsonDict:
+    """config.json contents before quantization: Qwen/Qwen3-4B's fields, tiny sizes (those of
+    the tiny Qwen3-VL's text model; its 40960-token context, ids as in the tiny tokenizer). No
+    text_config: a text-only model."""
+    shared = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps",
+              "tie_word_embeddings", "attention_bias", "bos_token_id", "eos_token_id")
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            **{key: QWEN3_VL_TEXT_CONFIG[key] for key in shared},
+            "rope_theta": 1_000_000.0, "rope_scaling": None, "max_position_embeddings": 40960,
+            "torch_dtype": "bfloat16", "vocab_size": vocab_size}
+
+
+def build_qwen3(out_dir: Path) -> Path:
+    """Write a tiny 4-bit qwen3 (text) checkpoint into ``out_dir``; return its absolute path.
+
+    The files of Qwen/Qwen3-4B's folder that mlx_vlm reads: config, generation config and the
+    tokenizer (same added tokens as Qwen3-VL's, with <think>/</think> and <tool_response>) with
+    the real hybrid-thinking chat template (see templates/SOURCES.md). No processor files."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_size = write_qwen_tokenizer_files(out_dir, read_template("qwen3"), max_length=131072)
+    write_json(
+        out_dir / "generation_config.json",
+        {
+            "bos_token_id": QWEN_IDS["<|endoftext|>"],
+            "pad_token_id": QWEN_IDS["<|endoftext|>"],
+            "do_sample": True,
+            "eos_token_id": [QWEN_IDS["<|im_end|>"], QWEN_IDS["<|endoftext|>"]],
+            "temperature": 0.6,
+            "top_k": 20,
+            "top_p": 0.95,
+        },
+    )
+    _save_model(qwen3_config(vocab_size), out_dir, tie_lm_head=False)
     return out_dir

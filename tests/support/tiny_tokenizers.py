@@ -1,4 +1,4 @@
-"""Small BPE tokenizers with the real Gemma 3 / Qwen3-VL special tokens and pipelines.
+"""Small BPE tokenizers with the real Gemma 3 / Qwen3(-VL) special tokens and pipelines.
 
 Each builder trains a tiny BPE with ``tokenizers`` on a fixed corpus (deterministic) and
 returns a ``Tokenizer`` whose length is exactly the requested vocab size. The pipelines
@@ -252,8 +252,9 @@ def write_gemma_tokenizer_files(out_dir: Path, template: str) -> int:
     return int(tok.get_vocab_size(with_added_tokens=True))
 
 
-def qwen_tokenizer_config(tok: Tokenizer, template: str) -> JsonDict:
-    """tokenizer_config.json in the layout of Qwen/Qwen3-VL-4B-Instruct's."""
+def qwen_tokenizer_config(tok: Tokenizer, template: str, max_length: int = 262144) -> JsonDict:
+    """tokenizer_config.json in the layout of Qwen/Qwen3-VL-4B-Instruct's (Qwen/Qwen3-4B's has
+    the same fields, with a 131072 `model_max_length`)."""
     return {
         "add_bos_token": False,
         "add_prefix_space": False,
@@ -264,7 +265,7 @@ def qwen_tokenizer_config(tok: Tokenizer, template: str) -> JsonDict:
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
-        "model_max_length": 262144,
+        "model_max_length": max_length,
         "pad_token": "<|endoftext|>",
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
@@ -272,11 +273,11 @@ def qwen_tokenizer_config(tok: Tokenizer, template: str) -> JsonDict:
     }
 
 
-def write_qwen_tokenizer_files(out_dir: Path, template: str) -> int:
+def write_qwen_tokenizer_files(out_dir: Path, template: str, max_length: int = 262144) -> int:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json; returns the vocab size."""
     tok = build_qwen_tokenizer()
     tok.save(str(out_dir / "tokenizer.json"))
-    write_json(out_dir / "tokenizer_config.json", qwen_tokenizer_config(tok, template))
+    write_json(out_dir / "tokenizer_config.json", qwen_tokenizer_config(tok, template, max_length))
     special_map = {
         "additional_special_tokens": QWEN_MARKERS,
         "eos_token": _token_entry("<|im_end|>"),

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.adapters.store.catalog import StaticCatalog
-from mlx_server.domain.chat import ChatService
+from mlx_server.domain.chat import ChatLimits, ChatService
 from mlx_server.domain.completion import (
     FinishReason,
     GenerationStep,
@@ -35,7 +35,8 @@ from tests.support.fakes import CountingIds, FixedClock
 
 def service(engine: FakeEngine | None = None) -> ChatService:
     return ChatService(catalog=StaticCatalog(), engine=engine or FakeEngine(),
-                       clock=FixedClock(), ids=CountingIds(), max_tokens_cap=64)
+                       clock=FixedClock(), ids=CountingIds(),
+                       limits=ChatLimits(max_tokens_cap=64))
 
 
 def ask(text: str, model: str = "gemma", **sampling: object) -> ChatRequest:
@@ -145,7 +146,7 @@ def test_closing_the_stream_stops_generation_and_frees_the_worker() -> None:
         async for event in stream:
             if isinstance(event, TextDelta):
                 break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         await asyncio.to_thread(engine.closed.wait, 5)
         follow_up = await service_after(chat)
         return follow_up

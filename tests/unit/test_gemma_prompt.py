@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from mlx_server.domain.conversation import ImagePart, Message, Role, TextPart, ToolCall, ToolSpec
-from mlx_server.domain.gemma_prompt import gemma_tool_messages, tool_instructions, tool_signature
+from mlx_server.domain.families.gemma3 import gemma_tool_messages, tool_instructions, tool_signature
 from mlx_server.domain.tool_gemma import GemmaToolCalls
 
 TEMPLATE = Path(__file__).parents[1] / "support" / "templates" / "gemma3_chat_template.jinja"

@@ -96,7 +96,7 @@ def test_a_cancelled_stream_frees_the_worker_within_one_step() -> None:
         first = worker.run(slow(1000, 0.02, log, "first"))
         await anext(first)
         started = time.monotonic()
-        await first.aclose()  # type: ignore[attr-defined]  # the client went away
+        await first.aclose()  # the client went away
         await anext(worker.run(slow(1, 0, log, "next")))
         worker.stop()
         assert log == ["start first", "cancelled first", "start next"]
@@ -122,7 +122,7 @@ def test_a_job_cancelled_while_waiting_never_runs() -> None:
         await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await waiting.aclose()  # type: ignore[attr-defined]
+        await waiting.aclose()
         gate.set()
         async for _ in first:
             pass
@@ -131,3 +131,34 @@ def test_a_job_cancelled_while_waiting_never_runs() -> None:
         return log
 
     assert asyncio.run(run()) == ["start after"]
+
+
+def test_the_worker_reports_its_queue_depth_on_enqueue_dequeue_and_drop() -> None:
+    """Through the hook it is given at construction (bootstrap wires it to the gauge)."""
+    depths: list[int] = []
+
+    async def run() -> None:
+        worker = GenerationWorker(depth=depths.append)
+        gate = threading.Event()
+
+        def blocked(cancelled: Cancelled) -> Generator[int, None, None]:
+            yield 0
+            gate.wait(2)
+
+        first = worker.run(blocked)
+        await anext(first)  # queued, then taken: 1, 0
+        log: list[str] = []
+        second, third = worker.run(slow(1, 0, log, "second")), worker.run(slow(1, 0, log, "third"))
+        tasks = [asyncio.ensure_future(anext(second)), asyncio.ensure_future(anext(third))]
+        await asyncio.sleep(0.01)  # both waiting: 1, 2
+        tasks[1].cancel()  # the client of the third went away
+        await asyncio.gather(tasks[1], return_exceptions=True)
+        await third.aclose()
+        gate.set()
+        async for _ in first:
+            pass
+        await tasks[0]  # the third dropped, the second taken: 1, 0
+        worker.stop()
+
+    asyncio.run(run())
+    assert depths == [1, 0, 1, 2, 1, 0]

@@ -1,4 +1,4 @@
-"""Tool-call parsing and streaming for Gemma ```tool_code and Qwen <tool_call> output."""
+"""Tool-call parsing and streaming for Gemma ```tool_code and Hermes (Qwen) <tool_call> output."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlx_server.domain.conversation import ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
-from mlx_server.domain.models import Family
 from mlx_server.domain.tool_calls import (
     ContentPiece,
     GemmaToolCalls,
+    HermesToolCalls,
     ParsedReply,
-    QwenToolCalls,
     ToolCallFormat,
     ToolEvent,
     assemble,
-    format_for,
 )
 from mlx_server.domain.tool_schema import fits_schema
 
@@ -33,7 +31,7 @@ WEATHER = ToolSpec("get_weather", "Get the weather.", {
 FREE = ToolSpec("free", "Takes anything.", {})
 MAIL = ToolSpec("send-mail", "", {"type": "object"})
 TOOLS = (WEATHER, FREE, MAIL)
-GEMMA, QWEN = GemmaToolCalls(), QwenToolCalls()
+GEMMA, QWEN = GemmaToolCalls(), HermesToolCalls()
 FORMATS = [pytest.param(GEMMA, id="gemma"), pytest.param(QWEN, id="qwen")]
 FRAGMENTS = {
     GEMMA: ["```tool_code", "```", "``", "`", "```tool", "\n", " ", "get_weather(", ")", "city=",
@@ -265,12 +263,6 @@ def test_forced_prefix_continues_into_a_named_call(fmt: ToolCallFormat, rest: st
     assert fmt.forced_prefix(named).startswith(fmt.forced_prefix(ToolChoice(ToolChoiceMode.REQUIRED)))
     reply = parse(fmt, fmt.forced_prefix(named) + rest)
     assert reply == ParsedReply(None, (ToolCall("call_0", "get_weather", '{"city": "Paris"}'),))
-
-
-def test_format_for_families() -> None:
-    assert isinstance(format_for(Family.GEMMA3), GemmaToolCalls)
-    assert isinstance(format_for(Family.QWEN3_VL), QwenToolCalls)
-    assert format_for(Family.GENERIC) is None
 
 
 def test_schema_checker_keywords() -> None:

@@ -1,9 +1,10 @@
 """Request IDs, one access log line per request, HTTP metrics, /metrics, and refusing new work
 while the server shuts down.
 
-Resources add what only they know (model, token counts, TTFT) to `req.context` through
-`note_completion` and `observe_stream`; the middleware logs it when the response (or the stream)
-ends.
+The chat resource hands its outcome (a Completion, or the domain's ChatStream, which notes its
+own start and end) to `served`; the middleware logs its model, token counts and time to first
+token when the response (or the stream) ends. Those figures are the domain's, the very ones the
+generation metrics record: nothing here watches the events go by.
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import falcon
 import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ...domain.completion import Completion, StreamEnd, StreamEvent, StreamStart, TextDelta, Usage
-from ...domain.tool_types import CallStarted
+from ...domain.completion import Usage
+from ...domain.errors import RETRY_AFTER
 from ..metrics import PrometheusMetrics
 from .errors import envelope
 
 access_log = logging.getLogger("mlx_server.access")
 REQUEST_ID = "X-Request-ID"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_RETRY_AFTER = 5  # seconds: a restarted server is usually back by then
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -41,29 +41,26 @@ def request_id(incoming: str | None) -> str:
 
 # -- what the resources report ---------------------------------------------------------------------
 
-def note_completion(req: falcon.asgi.Request, completion: Completion) -> Completion:
-    """Record a finished non-streamed completion for the access log; returns it unchanged."""
-    req.context.model = completion.model
-    req.context.usage = completion.usage
-    return completion
+class Served(Protocol):
+    """What the access log reports of a chat: a Completion, or a ChatStream as far as it got."""
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def ttft(self) -> float | None: ...
 
 
-async def observe_stream(req: falcon.asgi.Request,
-                         events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """Pass `events` through, noting the model, the time to the first token and the usage."""
-    try:
-        async for event in events:
-            if isinstance(event, StreamStart):
-                req.context.model = event.model
-            elif isinstance(event, TextDelta | CallStarted) and req.context.get("ttft") is None:
-                req.context.ttft = time.perf_counter() - float(req.context.get("started") or 0.0)
-            elif isinstance(event, StreamEnd):
-                req.context.usage = event.usage
-            yield event
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+S = TypeVar("S", bound=Served)
+
+
+def served(req: falcon.asgi.Request, outcome: S) -> S:
+    """Keep `outcome` for the access line; returns it unchanged."""
+    req.context.served = outcome
+    return outcome
 
 
 # -- shutdown ----------------------------------------------------------------------------------
@@ -127,7 +124,7 @@ class ObservabilityMiddleware:
             resp.status = 503
             resp.media = envelope("The server is shutting down and takes no new requests. "
                                   "Retry shortly.", 503, code="server_shutting_down")
-            resp.set_header("Retry-After", str(_RETRY_AFTER))
+            resp.set_header("Retry-After", str(RETRY_AFTER))
             resp.complete = True
 
     async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -157,10 +154,12 @@ class ObservabilityMiddleware:
 
 def access_fields(req: falcon.asgi.Request, route: str, status: int,
                   seconds: float) -> dict[str, str]:
-    usage: Usage | None = req.context.get("usage")
-    ttft: float | None = req.context.get("ttft")
+    outcome: Served | None = req.context.get("served")
+    usage = outcome.usage if outcome else None
+    ttft = outcome.ttft if outcome else None
+    model = outcome.model if outcome else None
     return {"id": req.context.request_id, "method": req.method, "route": route,
-            "status": str(status), "model": str(req.context.get("model") or "-"),
+            "status": str(status), "model": model or "-",
             "prompt_tokens": str(usage.prompt_tokens) if usage else "-",
             "completion_tokens": str(usage.completion_tokens) if usage else "-",
             "cached_tokens": str(usage.cached_tokens) if usage else "-",

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import falcon.asgi
 
+from ...domain.chat import ChatStream
 from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
 from ...domain.errors import DomainError, EngineFailure
 from ...domain.tool_types import CallArguments, CallStarted
@@ -55,6 +56,16 @@ class ChunkWriter:
         return self.choice('{"tool_calls":[{"index":' + str(event.index)
                            + ',"function":{"arguments":' + _dumps(event.text) + "}}]}")
 
+    def event(self, event: StreamEvent) -> bytes:
+        """The chunk(s) for any event after the start (text first: by far the most frequent)."""
+        if isinstance(event, TextDelta):
+            return self.text(event)
+        if isinstance(event, CallStarted):
+            return self.call_started(event)
+        if isinstance(event, CallArguments):
+            return self.call_arguments(event)
+        return self.end(event) if isinstance(event, StreamEnd) else b""
+
     def end(self, event: StreamEnd) -> bytes:
         chunks = self.choice("{}", event.finish_reason.value)
         if self._include_usage:
@@ -77,39 +88,26 @@ class RenderedEvent(falcon.asgi.SSEvent):
         return self.raw
 
 
-async def render(events: AsyncIterator[StreamEvent],
-                 include_usage: bool) -> AsyncIterator[falcon.asgi.SSEvent]:
-    chunks = _chunks(events, include_usage)
-    try:
-        async for chunk in chunks:
-            yield RenderedEvent(chunk)
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-
-
-async def _chunks(events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[bytes]:
+async def render(events: ChatStream, include_usage: bool) -> AsyncIterator[falcon.asgi.SSEvent]:
+    """The chunks of `events`, then [DONE]; an error after the status line is reported in-band,
+    as OpenAI does. Closing this generator (a client that left) closes `events` at once, which
+    stops the generation."""
     writer: ChunkWriter | None = None
     try:
         async for event in events:
-            if isinstance(event, TextDelta) and writer is not None:
-                yield writer.text(event)
-            elif isinstance(event, StreamStart):
+            if isinstance(event, StreamStart):
                 writer = ChunkWriter(event, include_usage)
-                yield writer.first()
-            elif isinstance(event, CallStarted) and writer is not None:
-                yield writer.call_started(event)
-            elif isinstance(event, CallArguments) and writer is not None:
-                yield writer.call_arguments(event)
-            elif isinstance(event, StreamEnd) and writer is not None:
-                yield writer.end(event)
-        yield _DONE
+                yield RenderedEvent(writer.first())
+            elif writer is not None and (chunk := writer.event(event)):
+                yield RenderedEvent(chunk)
+        yield RenderedEvent(_DONE)
     except DomainError as error:
-        yield _error_event(error)
-    except Exception as error:  # the status line is gone: report in-band, as OpenAI does
+        yield RenderedEvent(_error_event(error))
+    except Exception as error:  # the status line is gone
         log.exception("stream failed")
-        yield _error_event(EngineFailure(f"Generation failed: {error}"))
-    finally:  # at once when our consumer (the client) goes away: that stops the generation
-        await events.aclose()  # type: ignore[attr-defined]
+        yield RenderedEvent(_error_event(EngineFailure(f"Generation failed: {error}")))
+    finally:
+        await events.aclose()
 
 
 def _error_event(error: DomainError) -> bytes:

@@ -1,20 +1,21 @@
 """CPU only: replace quantized layers by float32 dense ones at load (``--cpu-weights``).
 
-MLX's CPU ``quantized_matmul`` kernel runs at ~2 GFLOP/s, while a float32 matmul served by an
-optimized BLAS (see ``cpu_fastpath``) runs at tens of GFLOP/s. float16/bfloat16 are no help on
-the CPU: MLX does not send them to BLAS (measured 0.8-2.8 GFLOP/s, slower than float32 even on
-the reference BLAS), so the dense weights are float32. On Metal and CUDA the quantized kernels
-are the fast path: nothing is changed there.
+MLX's CPU ``quantized_matmul`` kernel is a plain loop, while a float32 matmul is served by an
+optimized BLAS (see ``app/process.py``), an order of magnitude faster. float16/bfloat16 are no
+help on the CPU: MLX does not send them to BLAS (slower than float32 even on the reference BLAS),
+so the dense weights are float32. On Metal and CUDA the quantized kernels are the fast path:
+nothing is changed there. (The measured figures: bench/RESULTS.md, "Figures formerly in code
+comments".)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
-__all__ = ["MODES", "available_memory_bytes", "dequantize_for_cpu"]
+from ..host import Host
+
+__all__ = ["MODES", "dequantize_for_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def dequantize_for_cpu(model: Any, mode: str = "auto", *,
     dense = sum(_dense_bytes(module) for module in targets)
     packed = sum(_packed_bytes(module) for module in targets)
     if mode == "auto":
-        available = available_memory_bytes() if available_bytes is None else available_bytes
+        available = Host().available_memory_bytes() if available_bytes is None else available_bytes
         if available is not None and dense > AUTO_MEMORY_FRACTION * available:
             return (f"kept quantized weights: float32 would take {_mb(dense)}, more than "
                     f"{AUTO_MEMORY_FRACTION:.0%} of the {_mb(available)} available "
@@ -127,30 +128,3 @@ def _packed_bytes(module: Any) -> int:
 
 def _mb(size: float) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
-
-
-def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"),
-                           cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """MemAvailable, bounded by a cgroup v2 memory.max (less its usage); None if unknown."""
-    available: int | None = None
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available = None
-    try:
-        limit = (cgroup_root / "memory.max").read_text().strip()
-        if limit != "max":
-            used = int((cgroup_root / "memory.current").read_text())
-            headroom = int(limit) - used
-            available = headroom if available is None else min(available, headroom)
-    except (OSError, ValueError):
-        pass
-    return available

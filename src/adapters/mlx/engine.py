@@ -19,8 +19,9 @@ from ...domain.conversation import Message, Role, SamplingParams, TextPart, Tool
 from ...domain.errors import InvalidRequest, ModelUnavailable
 from ...domain.models import ModelRef
 from ...domain.ports import PreparedPrompt, PromptInput
+from ..host import Host
 from ..store.model_files import check_model_dir
-from .dequantize import available_memory_bytes, dequantize_for_cpu
+from .dequantize import dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
 from .structured import json_logits_processor
 
@@ -36,10 +37,10 @@ class MlxEngine:
                  prefix_cache_mb: int | None = None, prefill_chunk: int | None = None) -> None:
         self._cpu_weights = cpu_weights
         _steady_heap()
-        # tokens per prefill pass: a cancel is seen between passes. None: by device, measured
-        # (bench/prefill_chunk.py, bench/GPU.md): on the CPU small passes are also the fastest
-        # (128 or 256: 0.7x the time of mlx_vlm's 2048); on a GPU large ones are (H100: 1024 takes
-        # 1.14x the time of 2048, 512 1.32x, and one 1024 pass of a 4B model lasts ~0.1 s)
+        # tokens per prefill pass: a cancel is seen between passes. None: by device, as measured
+        # (bench/prefill_chunk.py, bench/GPU.md; figures in bench/RESULTS.md): on the CPU small
+        # passes are also the fastest; on a GPU large ones are, and are still short enough that a
+        # cancel is seen promptly
         self._prefill_chunk = prefill_chunk
         # KV prefix cache: on by default; budget None = an eighth of RAM, 256 MiB to 4 GiB
         self.prefix = KvPrefixStore(prefix_cache_mb) if prefix_cache else None
@@ -68,7 +69,7 @@ class MlxEngine:
 
         needed = self._preflight(model)  # before the release: refused, the old model serves on
         self.unload()
-        _check_fits(model, available_memory_bytes(), needed=needed)  # exact, the old model gone
+        _check_fits(model, Host().available_memory_bytes(), needed=needed)  # exact, the old model gone
         log.info("loading %s from %s", model.id, model.source)
         try:
             self._model, self._processor = load(model.source)
@@ -76,8 +77,7 @@ class MlxEngine:
             # NOTE: building the model drew a random init for every parameter from MLX's global
             # key, each draw splitting the key lazily; the loaded weights replace those draws
             # unevaluated, so the key stays a chain of every split since start-up, and it grows
-            # with each load (~1 MB per SmolLM2 <-> gemma3 swap pair, bench/RESULTS.md).
-            # Evaluating it collapses the chain.
+            # with each load (by how much: bench/RESULTS.md). Evaluating it collapses the chain.
             mx.eval(mx.random.state)
         except Exception as exc:  # corrupt weights, unknown architecture, out of memory, ...
             self.unload()
@@ -101,7 +101,7 @@ class MlxEngine:
             raise ModelUnavailable(f"The model {model.id!r} is not a local model directory.",
                                    param="model")
         needed = check_model_dir(model.id, directory)
-        available = available_memory_bytes()
+        available = Host().available_memory_bytes()
         if available is not None and self._ref is not None:
             held = mx.get_active_memory() + mx.get_cache_memory()
             available += max(held, self._weight_size)
@@ -124,9 +124,6 @@ class MlxEngine:
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
         model, processor = self._require()
-        if prompt.images and not (self._ref and self._ref.vision):
-            raise InvalidRequest("This model has no vision: it cannot take images.",
-                                 param="messages", code="unsupported_value")
         _refuse_placeholders(prompt, self._markers)
         kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
         try:
@@ -283,9 +280,9 @@ class _Payload(dict[str, Any]):
 def _steady_heap(threshold: int = 1 << 20) -> None:
     """glibc only: serve blocks of `threshold` bytes and more with mmap, so that a swapped-out
     model's weights go back to the OS whole. glibc's default threshold rises to the largest block
-    freed, after which weights come from the heap and swaps fragment it (RSS after a swap wandered
-    by +-100 MB; soak with this: 773 -> 822 MB over 57 swap-backs, bench/RESULTS.md). Blocks below
-    1 MiB (a decode step, a 128-token prefill pass) stay on the heap. MALLOC_MMAP_THRESHOLD_ in the
+    freed, after which weights come from the heap and swaps fragment it, and RSS wanders from one
+    swap to the next (the soak figures, with and without: bench/RESULTS.md). Blocks below 1 MiB
+    (a decode step, a 128-token prefill pass) stay on the heap. MALLOC_MMAP_THRESHOLD_ in the
     environment (the operator's own choice) wins."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return

@@ -15,13 +15,13 @@ that model.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from ...domain.prefix_cache import CacheEntry, Hit, PrefixCache, Token
+from ..host import Host
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
@@ -51,12 +51,9 @@ class CachePlan:
         return self.hit.reusable if self.hit else 0
 
 
-def default_budget_mb() -> int:
-    """An eighth of physical memory, between 256 MiB and 4 GiB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 * 1024 * _MB
+def default_budget_mb(host: Host | None = None) -> int:
+    """An eighth of physical memory, between 256 MiB and 4 GiB (8 GiB assumed when unknown)."""
+    total = (host or Host()).total_memory_bytes() or 8 * 1024 * _MB
     return int(min(4096, max(256, total // 8 // _MB)))
 
 

@@ -1,4 +1,5 @@
-"""The built-in model names: the seed's aliases and the families they belong to."""
+"""A fixed catalog of models known by alias or id (the built-in table by default), and the one
+404 for names that are not models here."""
 
 from __future__ import annotations
 
@@ -8,17 +9,10 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from ...domain.errors import ModelNotFound
-from ...domain.models import Family, ModelInfo, ModelRef
+from ...domain.models import ModelInfo, ModelRef
+from .aliases import BUILTIN_REFS
 
-GEMMA = ModelRef(id="mlx-community/gemma-3-4b-it-4bit", source="mlx-community/gemma-3-4b-it-4bit",
-                 family=Family.GEMMA3, context_length=131072, vision=True)
-QWEN = ModelRef(id="mlx-community/Qwen3-VL-4B-Instruct-4bit",
-                source="mlx-community/Qwen3-VL-4B-Instruct-4bit", family=Family.QWEN3_VL,
-                context_length=262144, vision=True)
-SMOLLM = ModelRef(id="HuggingFaceTB/SmolLM2-135M-Instruct", source="builtin:smollm2",
-                  family=Family.GENERIC, context_length=8192)
-
-DEFAULT_ALIASES: Mapping[str, ModelRef] = {"gemma": GEMMA, "qwen": QWEN, "smollm": SMOLLM}
+DEFAULT_ALIASES: Mapping[str, ModelRef] = BUILTIN_REFS
 
 # a name shown back to the client: alias / repo-id shaped only, never a path (see not_found)
 _SHOWN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")

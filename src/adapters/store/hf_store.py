@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import constants, scan_cache_dir, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     CacheNotFound,
@@ -23,34 +22,29 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
+from huggingface_hub.utils import (  # type: ignore[attr-defined]
+    httpx,  # the HTTP client (httpx2) huggingface_hub raises from, as it exports it downstream
+    validate_repo_id,
+)
 
 from ...domain.errors import DomainError, ModelNotFound, ModelUnavailable
-from ...domain.models import Family, ModelInfo, ModelRef
+from ...domain.families import profile_for_model_type
+from ...domain.models import ModelInfo, ModelRef
 from ..mlx.gguf_convert import GGUFConversionError, builtin_smollm2_gguf, convert_gguf
-from .catalog import GEMMA, QWEN, not_found
+from .aliases import BUILTIN_ID, BUILTIN_REFS, BUILTIN_SOURCE, KNOWN_REPOS
+from .catalog import not_found
 from .local_models import LocalModels
 from .model_files import loadable_model_type, read_config
 
 __all__ = ["ALLOW_PATTERNS", "BUILTIN_ID", "BUILTIN_SOURCE", "DEFAULT_ALIASES", "HuggingFaceStore"]
 
-BUILTIN_SOURCE = "builtin:smollm2"
-BUILTIN_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_DIR = "smollm2-135m-instruct-q4_1"
 LOCAL_OWNER = "mlx-server"
 
-DEFAULT_ALIASES: Mapping[str, str] = {"gemma": "mlx-community/gemma-3-4b-it-4bit",
-                                      "qwen": "mlx-community/Qwen3-VL-4B-Instruct-4bit",
-                                      "smollm": BUILTIN_SOURCE}
+DEFAULT_ALIASES: Mapping[str, str] = {alias: ref.source for alias, ref in BUILTIN_REFS.items()}
 # What an MLX model directory needs: config, weights, tokenizer and chat template files. No
 # *.py: mlx_vlm never runs remote code, so downloading it would only be a liability.
 ALLOW_PATTERNS: list[str] = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-# Models whose family is known before their config is downloaded.
-_KNOWN: Mapping[str, ModelRef] = {ref.id: ref for ref in (GEMMA, QWEN)}
-_FAMILIES: Mapping[str, Family] = {"gemma3": Family.GEMMA3, "qwen3_vl": Family.QWEN3_VL}
-_DEFAULT_CONTEXT: Mapping[Family, int] = {Family.GEMMA3: 131072}
-_FALLBACK_CONTEXT = 8192
 
 
 class HuggingFaceStore:
@@ -163,12 +157,11 @@ class HuggingFaceStore:
         config = read_config(Path(path), strict=False) if isinstance(path, str) else {}
         if config:
             return _ref_from_config(repo_id, repo_id, config)
-        known = _KNOWN.get(repo_id)
+        known = KNOWN_REPOS.get(repo_id)
         if known is not None:
-            return ModelRef(id=repo_id, source=repo_id, family=known.family,
-                            context_length=known.context_length, vision=known.vision)
+            return known
         # NOTE: unknown until its config is here; the engine checks again after the fetch
-        return ModelRef(id=repo_id, source=repo_id, vision=True)
+        return ModelRef(id=repo_id, source=repo_id, vision=True, settled=False)
 
     def _cached_snapshot(self, repo_id: str) -> Path | None:
         """The complete cached snapshot of `repo_id`, found with no network request."""
@@ -191,7 +184,7 @@ class HuggingFaceStore:
         try:
             return Path(snapshot_download(repo_id, cache_dir=self._cache_dir, endpoint=self._endpoint,
                                           allow_patterns=ALLOW_PATTERNS))
-        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.HTTPError,
+        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.HTTPError,
                 OSError) as exc:
             raise _hub_error(repo_id, exc) from exc
 
@@ -283,10 +276,10 @@ def _ref_from_dir(model_id: str, directory: Path) -> ModelRef:
 
 def _local_ref(path: Path) -> ModelRef:
     """An allowed local model's ref, its id its real path: a directory's family and context
-    come from its config; a .gguf file's are known once converted (fetch)."""
+    come from its config; a .gguf file's are known once converted (fetch): unsettled until then."""
     if path.is_dir():
         return _ref_from_dir(str(path), path)
-    return ModelRef(id=str(path), source=str(path))
+    return ModelRef(id=str(path), source=str(path), settled=False)
 
 
 def _listable(path: Path) -> bool:
@@ -305,11 +298,11 @@ def _mtime(path: Path) -> int:
 
 
 def _ref_from_config(model_id: str, source: str, config: Mapping[str, Any]) -> ModelRef:
-    family = _FAMILIES.get(str(config.get("model_type", "")), Family.GENERIC)
+    profile = profile_for_model_type(str(config.get("model_type", "")))
     text_config = config.get("text_config")
     context = (text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None) \
         or config.get("max_position_embeddings")
     if not isinstance(context, int) or context <= 0:
-        context = _DEFAULT_CONTEXT.get(family, _FALLBACK_CONTEXT)
-    return ModelRef(id=model_id, source=source, family=family, context_length=context,
+        context = profile.default_context
+    return ModelRef(id=model_id, source=source, family=profile.name, context_length=context,
                     vision="vision_config" in config)

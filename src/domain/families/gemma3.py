@@ -1,10 +1,12 @@
-"""Tool conversations for Gemma 3, whose chat template knows no tools and wants strictly
-alternating user/assistant turns (a leading system message is merged into the first user turn).
+"""Gemma 3 (`model_type` gemma3): ```tool_code blocks of Python calls (tool_gemma parses them).
 
-The tools are described in the system turn as Python signatures with docstrings, plus the
-instruction to answer with a ```tool_code block; earlier calls become ```tool_code blocks in the
-assistant turn and tool results ```tool_output blocks in a user turn; turns of the same role are
-merged so the roles alternate.
+Its chat template knows no tools and wants strictly alternating user/assistant turns (a leading
+system message is merged into the first user turn), so the prompt carries the tools: they are
+described in the system turn as Python signatures with docstrings, plus the instruction to answer
+with a ```tool_code block; earlier calls become ```tool_code blocks in the assistant turn and tool
+results ```tool_output blocks in a user turn; turns of the same role are merged so the roles
+alternate. Gemma has no tool-result role: a ```tool_output block it writes itself is made up, so
+it stops generation while tools are offered. Its text config declares a 131072-token context.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .conversation import Message, Part, Role, TextPart, ToolSpec
-from .tool_gemma import GemmaToolCalls, py_literal, python_name
+from ..conversation import Message, Part, Role, TextPart, ToolSpec
+from ..tool_gemma import GemmaToolCalls, py_literal, python_name
+from .profile import Profile
 
 INSTRUCTIONS = """\
 You have access to the following functions:
@@ -153,3 +156,11 @@ def _merged(parts: Sequence[Part]) -> list[Part]:
         elif not isinstance(part, TextPart) or part.text:
             out.append(part)
     return out
+
+
+# Gemma has no tool-result role: when it writes a result block itself, it is making one up.
+INVENTED_RESULT = "```tool_output"
+
+PROFILE = Profile(name="gemma3", title="Gemma 3", model_types=("gemma3",), tool_format=_FORMAT,
+                  rewrite=gemma_tool_messages, extra_stops=(INVENTED_RESULT,),
+                  default_context=131072)

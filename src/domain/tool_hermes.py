@@ -1,4 +1,6 @@
-"""Qwen3-VL tool calls: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks.
+"""Hermes-style tool calls: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks,
+the convention of most tool-tuned open models (Qwen3, Qwen3-VL, Hermes, ...): their chat templates
+offer the tools in a `<tools>` block and give results back in `<tool_response>` blocks.
 
 `arguments` may also arrive as a JSON string holding the object (normalised), or be missing
 (no arguments); `parameters` is read when `arguments` is absent.
@@ -38,8 +40,8 @@ def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False).replace("</", "<\\/")
 
 
-class QwenToolCalls(BlockFormat):
-    """The ToolCallFormat of Qwen3-VL checkpoints (the chat template offers the tools)."""
+class HermesToolCalls(BlockFormat):
+    """The ToolCallFormat of Hermes-style checkpoints (the chat template offers the tools)."""
 
     syntax = SYNTAX
     judge = staticmethod(judge)
@@ -49,7 +51,7 @@ class QwenToolCalls(BlockFormat):
         return f'{{"name": {_json(name)}, "arguments": '
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
-        """The blocks exactly as Qwen's chat template writes earlier calls."""
+        """The blocks exactly as Qwen's (Hermes-style) chat templates write earlier calls."""
         return "\n".join(
             f'{OPENER}\n{{"name": {_json(call.name)}, "arguments": '
             f"{_json(loads_object(call.arguments) or {})}}}\n{CLOSER}" for call in calls)
