@@ -18,6 +18,7 @@ from ._fastpath import prepare
 
 if TYPE_CHECKING:
     from mlx_server.adapters.mlx.engine import MlxEngine
+    from mlx_server.domain.families import GENERIC
     from mlx_server.domain.ports import PreparedPrompt
 
 BASE_CHUNK = 2048  # mlx_vlm's default
@@ -31,13 +32,13 @@ def engines(sizes: list[int], tokens: int) -> tuple[dict[int, MlxEngine], Prepar
         Role,
         TextPart,
     )
-    from mlx_server.domain.models import Family, ModelRef
+    from mlx_server.domain.models import ModelRef
     from mlx_server.domain.ports import PromptInput
 
     from ._common import smollm_dir
 
     by_size = {size: MlxEngine(prefix_cache=False, prefill_chunk=size) for size in sizes}
-    ref = ModelRef("smollm", str(smollm_dir()), Family.GENERIC, 8192)
+    ref = ModelRef("smollm", str(smollm_dir()), GENERIC.name, 8192)
     first = by_size[sizes[0]]
     first.load(ref)
     text = " ".join(["The quick brown fox jumps over the lazy dog."] * (tokens // 10))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlx_server.domain.chat import ChatService
     from mlx_server.domain.completion import Usage
     from mlx_server.domain.conversation import Message
+    from mlx_server.domain.families import GENERIC
 
 
 def words(seed: int, n: int) -> str:
@@ -144,7 +145,7 @@ def main() -> None:
     from mlx_server.adapters.store.catalog import StaticCatalog
     from mlx_server.app.bootstrap import build_service
     from mlx_server.app.config import Settings
-    from mlx_server.domain.models import Family, ModelRef
+    from mlx_server.domain.models import ModelRef
 
     from ._common import smollm_dir
 
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--turns", type=int, default=4)
     args = parser.parse_args()
-    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir()), Family.GENERIC, 8192)})
+    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir()), GENERIC.name, 8192)})
     engine = MlxEngine()
     cached = build_service(Settings(), engine=engine, catalog=catalog)
     plain = build_service(Settings(), engine=MlxEngine(prefix_cache=False), catalog=catalog)

@@ -20,7 +20,8 @@ from mlx_server.domain.conversation import (
     SamplingParams,
     TextPart,
 )
-from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.families import GEMMA3, GENERIC, QWEN3_VL
+from mlx_server.domain.models import ModelRef
 
 from ._common import rss_mb, smollm_dir, tiny_model
 
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
 
 def catalog(tmp: Path) -> StaticCatalog:
     return StaticCatalog({
-        "smollm": ModelRef("smollm", str(smollm_dir()), Family.GENERIC),
-        "gemma3": ModelRef("gemma3", str(tiny_model("gemma3", tmp / "g")), Family.GEMMA3),
-        "qwen3": ModelRef("qwen3", str(tiny_model("qwen3_vl", tmp / "q")), Family.QWEN3_VL)})
+        "smollm": ModelRef("smollm", str(smollm_dir()), GENERIC.name),
+        "gemma3": ModelRef("gemma3", str(tiny_model("gemma3", tmp / "g")), GEMMA3.name),
+        "qwen3": ModelRef("qwen3", str(tiny_model("qwen3_vl", tmp / "q")), QWEN3_VL.name)})
 
 
 async def ask(service: ChatService, model: str) -> None:

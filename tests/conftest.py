@@ -8,7 +8,8 @@ import pytest
 from hypothesis import settings
 
 from mlx_server.adapters.store.catalog import StaticCatalog
-from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.families import GEMMA3, GENERIC, QWEN3_VL
+from mlx_server.domain.models import ModelRef
 from tests.support.tiny_models import build_gemma3, build_qwen3, build_qwen3_vl
 
 # NOTE: wall-clock deadlines make property tests flaky on shared 2-core machines; the properties,
@@ -86,7 +87,7 @@ def smollm_dir(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) 
 def real_catalog(smollm_dir: Path, tiny_gemma3: Path, tiny_qwen3_vl: Path) -> StaticCatalog:
     """The real-weight test models by short names: SmolLM2 and the tiny VLMs."""
     return StaticCatalog({
-        "smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192),
-        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3, 4096, vision=True),
-        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True),
+        "smollm": ModelRef("smollm", str(smollm_dir), GENERIC.name, 8192),
+        "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), GEMMA3.name, 4096, vision=True),
+        "qwen3": ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), QWEN3_VL.name, 4096, vision=True),
     })

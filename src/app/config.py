@@ -14,13 +14,14 @@ from typing import Any
 
 import attrs
 
+from ..adapters.images.fetch import ImagePolicy
 from ..domain.chat import ChatLimits
 from ..domain.lifecycle import StartupPolicy
 from ..domain.worker import QueuePolicy
 
-# The domain's policy objects hold its defaults; Settings only refers to them. Adapter options
-# (HttpOptions) have none of their own: their defaults are stated here.
-_LIMITS, _QUEUE, _STARTUP = ChatLimits(), QueuePolicy(), StartupPolicy()
+# The domain's policy objects (and the image fetcher's) hold their defaults; Settings only refers
+# to them. Adapter options (HttpOptions) have none of their own: their defaults are stated here.
+_LIMITS, _QUEUE, _STARTUP, _IMAGES = ChatLimits(), QueuePolicy(), StartupPolicy(), ImagePolicy()
 
 ENGINES = ("mlx", "fake")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -47,10 +48,10 @@ class Settings:
     models_dirs: tuple[Path, ...] = ()
     max_body_mb: float = 64.0
     max_tokens_cap: int = _LIMITS.max_tokens_cap
-    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_bytes: int = _IMAGES.max_bytes
     # images one request may carry: each is decoded whole (up to 40 MP) before it queues
     max_images: int = attrs.field(default=_LIMITS.max_images, validator=attrs.validators.ge(0))
-    allow_private_image_urls: bool = False
+    allow_private_image_urls: bool = _IMAGES.allow_private
     prefix_cache: bool = True
     prefix_cache_mb: int | None = None  # None: sized from the machine
     # prompt tokens per prefill pass; a cancel is seen between passes. None: by device (MlxEngine)

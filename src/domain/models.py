@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
 from .families import GENERIC
-
-
-class Family(enum.StrEnum):
-    """Names of the built-in family profiles (domain.families), for code that names one
-    directly. The families themselves, and which config model_type belongs to which, live in
-    domain.families; ModelRef.family is any profile's name."""
-
-    GEMMA3 = "gemma3"
-    QWEN3_VL = "qwen3_vl"
-    QWEN3 = "qwen3"
-    GENERIC = "generic"
 
 
 @attrs.frozen

@@ -32,8 +32,8 @@ from mlx_server.adapters.store.aliases import BUILTIN_REFS
 from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.adapters.store.hf_store import BUILTIN_ID, HuggingFaceStore
 from mlx_server.app.commands import list_local, pull
+from mlx_server.domain import families
 from mlx_server.domain.errors import ModelNotFound, ModelUnavailable
-from mlx_server.domain.models import Family
 
 LLAMA = "fake-org/tiny-llama"
 GEMMA = "fake-org/tiny-gemma"
@@ -182,7 +182,7 @@ def test_cached_repo_needs_no_network(
     for offline in (False, True):
         store = HuggingFaceStore(tmp_path / "converted", offline=offline, endpoint="http://x.invalid")
         ref = store.resolve(LLAMA)
-        assert (ref.id, ref.family, ref.context_length) == (LLAMA, Family.GENERIC, 2048)
+        assert (ref.id, ref.family, ref.context_length) == (LLAMA, families.GENERIC.name, 2048)
         assert store.is_local(ref)
         fetched = store.fetch(ref)
         assert fetched.source == str(snapshot) and fetched.id == LLAMA
@@ -198,16 +198,16 @@ def test_explicit_cache_dir_and_family_from_config(
     store = HuggingFaceStore(tmp_path / "c", offline=False, endpoint=_url(hub), cache_dir=own)
     ref = store.fetch(store.resolve(GEMMA))
     assert Path(ref.source).is_relative_to(own) and not cache.exists()
-    assert (ref.family, ref.context_length) == (Family.GEMMA3, 131072)
-    assert store.resolve(GEMMA).family == Family.GEMMA3  # read from the cache, before fetch
+    assert (ref.family, ref.context_length) == (families.GEMMA3.name, 131072)
+    assert store.resolve(GEMMA).family == families.GEMMA3.name  # read from the cache, before fetch
 
 
 def test_the_profile_comes_from_the_config_model_type(online: HuggingFaceStore) -> None:
     before = online.resolve(QWEN3)  # config not cached yet: a guess, flagged as one
-    assert not before.settled and before.family == Family.GENERIC
+    assert not before.settled and before.family == families.GENERIC.name
     fetched = online.fetch(before)
     assert (fetched.family, fetched.context_length, fetched.vision, fetched.settled) == (
-        Family.QWEN3, 40960, False, True)  # no max_position_embeddings: the profile's default
+        families.QWEN3.name, 40960, False, True)  # no max_position_embeddings: the profile's default
     assert attrs.evolve(online.resolve(QWEN3), source=fetched.source) == fetched  # from the cache
 
 
@@ -217,7 +217,7 @@ def test_built_in_aliases_are_one_table_known_before_download(cache: Path, tmp_p
         assert store.resolve(alias) == static.resolve(alias) == ref and ref.settled
     qwen3 = store.resolve("qwen3")
     assert (qwen3.id, qwen3.family, qwen3.context_length, qwen3.vision) == (
-        "mlx-community/Qwen3-4B-4bit", Family.QWEN3, 40960, False)
+        "mlx-community/Qwen3-4B-4bit", families.QWEN3.name, 40960, False)
 
 
 def test_list_models_keeps_only_loadable_cached_repos(
@@ -314,7 +314,7 @@ def test_local_directory(online: HuggingFaceStore, tmp_path: Path,
     ref = store.resolve("models/mine")
     assert ref == store.resolve(str(model)) == store.resolve(str(model) + "/")
     assert (ref.id, ref.source, ref.family, ref.context_length) == (
-        str(model), str(model), Family.QWEN3_VL, 4096)
+        str(model), str(model), families.QWEN3_VL.name, 4096)
     assert store.fetch(ref) == ref and store.is_local(ref)
 
 

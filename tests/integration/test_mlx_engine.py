@@ -17,7 +17,8 @@ from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build, build_service
 from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import ChatRequest, Message, Role, SamplingParams, TextPart
-from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.families import GEMMA3
+from mlx_server.domain.models import ModelRef
 from tests.support.http import ConnectedTestClient
 
 pytestmark = pytest.mark.slow
@@ -142,8 +143,8 @@ def test_a_corrupt_checkpoint_is_503_and_the_server_keeps_serving(
     for item in tiny_gemma3.iterdir():
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    catalog = StaticCatalog({"broken": ModelRef("broken", str(broken), Family.GEMMA3),
-                             "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3)})
+    catalog = StaticCatalog({"broken": ModelRef("broken", str(broken), GEMMA3.name),
+                             "gemma3": ModelRef("tiny-gemma3", str(tiny_gemma3), GEMMA3.name)})
     client = ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
     result = chat(client, model="broken", messages=PARIS, max_tokens=2)
     assert result.status_code == 503 and result.json["error"]["code"] == "model_unavailable"
@@ -154,7 +155,7 @@ def test_a_model_bigger_than_memory_is_refused_with_the_numbers(tiny_gemma3: Pat
     from mlx_server.adapters.mlx.engine import _check_fits
     from mlx_server.domain.errors import ModelUnavailable
 
-    model = ModelRef("tiny-gemma3", str(tiny_gemma3), Family.GEMMA3)
+    model = ModelRef("tiny-gemma3", str(tiny_gemma3), GEMMA3.name)
     _check_fits(model, available=10**9)  # 0.2 MB of weights fit in 1 GB
     with pytest.raises(ModelUnavailable, match=r"needs about 0\.0 GiB .* only 0\.0 GiB"):
         _check_fits(model, available=1000)

@@ -16,7 +16,8 @@ from mlx_server.adapters.mlx.engine import MlxEngine
 from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
-from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.families import GENERIC
+from mlx_server.domain.models import ModelRef
 from tests.support.http import ConnectedTestClient
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ STORY = [{"role": "user", "content": "Tell me a short story."}]
 
 @pytest.fixture(scope="module")
 def client(smollm_dir: Path) -> falcon.testing.TestClient:
-    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir), Family.GENERIC, 8192)})
+    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir), GENERIC.name, 8192)})
     return ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
 
 

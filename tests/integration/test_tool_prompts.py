@@ -18,7 +18,8 @@ from mlx_server.domain.conversation import (
     ToolChoiceMode,
     ToolSpec,
 )
-from mlx_server.domain.models import Family, ModelRef
+from mlx_server.domain.families import GEMMA3, QWEN3, QWEN3_VL
+from mlx_server.domain.models import ModelRef
 from mlx_server.domain.ports import PromptInput
 from mlx_server.domain.tool_plan import plan_tools
 
@@ -39,8 +40,8 @@ LOOP = (Message(Role.SYSTEM, (TextPart("You are a helpful assistant."),)),
 AUTO = ToolChoice()
 
 
-def rendered(path: Path, family: Family, choice: ToolChoice = AUTO) -> str:
-    model = ModelRef(path.name, str(path), family, 4096, vision=family is not Family.QWEN3)
+def rendered(path: Path, family: str, choice: ToolChoice = AUTO) -> str:
+    model = ModelRef(path.name, str(path), family, 4096, vision=family != QWEN3.name)
     engine = MlxEngine()
     engine.load(model)
     plan = plan_tools(ChatRequest("m", LOOP, tools=(WEATHER,), tool_choice=choice), model)
@@ -50,22 +51,22 @@ def rendered(path: Path, family: Family, choice: ToolChoice = AUTO) -> str:
     return str(tokenizer.decode(prompt.payload["input_ids"][0].tolist()))  # type: ignore[index]
 
 
-@pytest.mark.parametrize("family", [Family.GEMMA3, Family.QWEN3_VL, Family.QWEN3])
-def test_tool_loop_prompt_matches_the_snapshot(family: Family, request: pytest.FixtureRequest) -> None:
-    path = request.getfixturevalue(f"tiny_{family.value}")
-    expected = (SNAPSHOTS / f"{family.value}_tool_loop.txt").read_text(encoding="utf-8")
+@pytest.mark.parametrize("family", [GEMMA3.name, QWEN3_VL.name, QWEN3.name])
+def test_tool_loop_prompt_matches_the_snapshot(family: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(f"tiny_{family}")
+    expected = (SNAPSHOTS / f"{family}_tool_loop.txt").read_text(encoding="utf-8")
     assert rendered(path, family) == expected
 
 
 @pytest.mark.parametrize(("family", "opener"), [
-    (Family.GEMMA3, "<start_of_turn>model\n```tool_code\nget_weather("),
-    (Family.QWEN3_VL, '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '),
+    (GEMMA3.name, "<start_of_turn>model\n```tool_code\nget_weather("),
+    (QWEN3_VL.name, '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '),
     # mlx_vlm renders Qwen3 with enable_thinking false: the template closes an empty think block
-    (Family.QWEN3, '<|im_start|>assistant\n<think>\n\n</think>\n\n<tool_call>\n{"name": "get_weather", '
+    (QWEN3.name, '<|im_start|>assistant\n<think>\n\n</think>\n\n<tool_call>\n{"name": "get_weather", '
                    '"arguments": '),
 ])
 def test_a_named_tool_choice_forces_the_opener_into_the_prompt(
-        family: Family, opener: str, request: pytest.FixtureRequest) -> None:
-    path = request.getfixturevalue(f"tiny_{family.value}")
+        family: str, opener: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(f"tiny_{family}")
     named = ToolChoice(ToolChoiceMode.FUNCTION, "get_weather")
     assert rendered(path, family, named).endswith(opener)

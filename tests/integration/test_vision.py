@@ -111,11 +111,12 @@ def test_what_the_processor_refuses_is_400_not_a_server_fault(tiny_qwen3_vl: Any
 
     from mlx_server.domain.conversation import Message, Role, TextPart
     from mlx_server.domain.errors import InvalidRequest
-    from mlx_server.domain.models import Family, ModelRef
+    from mlx_server.domain.families import QWEN3_VL
+    from mlx_server.domain.models import ModelRef
     from mlx_server.domain.ports import LoadedImage, PromptInput
 
     engine = MlxEngine()
-    engine.load(ModelRef("q", str(tiny_qwen3_vl), Family.QWEN3_VL, 4096, vision=True))
+    engine.load(ModelRef("q", str(tiny_qwen3_vl), QWEN3_VL.name, 4096, vision=True))
     strip = LoadedImage(key="strip", image=Image.new("RGB", (1, 400)))
     message = Message(Role.USER, (TextPart("What?"),))
     with pytest.raises(InvalidRequest) as caught:

@@ -15,13 +15,14 @@ from mlx_server.domain.chat import ChatService
 from mlx_server.domain.completion import StreamEnd
 from mlx_server.domain.conversation import ChatRequest, ImagePart, Message, Role, TextPart, ToolSpec
 from mlx_server.domain.errors import InvalidRequest, ModelNotFound
+from mlx_server.domain.families import GEMMA3
 from mlx_server.domain.lifecycle import ServiceStatus, StartupPolicy
-from mlx_server.domain.models import Family, ModelInfo, ModelRef
+from mlx_server.domain.models import ModelInfo, ModelRef
 from mlx_server.domain.ports import LoadedImage, NoMetrics
 from tests.support.fakes import CountingIds, FixedClock
 
 GUESS = ModelRef("org/new-model", "org/new-model", settled=False)  # config not read yet
-GEMMA_VL = ModelRef("org/new-model", "/cache/new-model", Family.GEMMA3, 8192, vision=True)
+GEMMA_VL = ModelRef("org/new-model", "/cache/new-model", GEMMA3.name, 8192, vision=True)
 
 
 @attrs.frozen
