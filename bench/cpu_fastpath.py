@@ -153,16 +153,6 @@ def _busy(cores: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -232,10 +222,12 @@ def _table(rows: list[tuple[str, str, dict[str, Any] | None]]) -> str:
 
 def _write(path: Path, table: str, rows: list[tuple[str, str, dict[str, Any] | None]],
            threads: int) -> None:
+    from mlx_server.adapters.host import Host
+
     command = "python -m bench.cpu_fastpath " + " ".join(sys.argv[1:])
+    cpu = Host().cpu_model() or platform.processor() or "?"
     machine = (f"{os.cpu_count()} CPUs online, {threads} usable by this process (affinity and "
-               f"cgroup quota), {_cpu_model()}, {platform.platform()}, Python "
-               f"{platform.python_version()}")
+               f"cgroup quota), {cpu}, {platform.platform()}, Python {platform.python_version()}")
     texts = "\n".join(f"- {name} / {prompt}: {row['text']!r}" for name, prompt, row in rows if row)
     path.write_text(f"""# CPU fast path: SmolLM2-135M-Instruct (Q4_1 GGUF), prefill and decode
 

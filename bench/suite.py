@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from mlx_server.adapters.host import Host
+
 from ._common import resolve_model_dir
 from .cache_rows import row_interleaved, row_multiturn
 from .client import long_document
@@ -35,14 +37,6 @@ def _git(*args: str) -> str:
                           cwd=Path(__file__).parent).stdout.strip()
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for text_line in Path("/proc/cpuinfo").read_text().splitlines():
-            if text_line.startswith("model name"):
-                return text_line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def _versions() -> dict[str, str]:
     versions: dict[str, str] = {}
     for dist in ("mlx", "mlx-vlm", "openai"):
@@ -54,7 +48,8 @@ def _versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+    host = Host()
+    return {"cpu": host.cpu_model() or "unknown", "cores": os.cpu_count(), "usable_cpus": host.usable_cpus(),
             "platform": platform.platform(), "python": platform.python_version(), "versions": _versions(),
             "load_avg_start": os.getloadavg()[0]}
 

@@ -27,6 +27,7 @@ class Host:
     cgroup_root: Path = Path("/sys/fs/cgroup")
     self_cgroup: Path = Path("/proc/self/cgroup")
     self_maps: Path = Path("/proc/self/maps")
+    cpuinfo: Path = Path("/proc/cpuinfo")
     affinity: frozenset[int] | None = None
 
     # ----------------------------------------------------------------------------------- CPUs
@@ -43,6 +44,16 @@ class Host:
         if quota is not None:
             cpus = min(cpus, max(1, math.floor(quota + 0.5)))
         return cpus
+
+    def cpu_model(self) -> str | None:
+        """The CPU's model name, for reports (None where /proc/cpuinfo does not say)."""
+        try:
+            for line in self.cpuinfo.read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return None
 
     def cpu_quota(self) -> float | None:
         """The tightest CPU quota (in CPUs) on this process's cgroup and its ancestors, if any."""

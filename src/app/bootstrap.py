@@ -13,7 +13,7 @@ from ..adapters.http.perimeter import allowed_hosts_for
 from ..adapters.metrics import PrometheusMetrics
 from ..adapters.store.catalog import StaticCatalog
 from ..adapters.system import RandomIds, SystemClock
-from ..domain.chat import ChatLimits, ChatService
+from ..domain.chat import ChatLimits, ChatService, generation_worker
 from ..domain.lifecycle import StartupPolicy
 from ..domain.ports import (
     Clock,
@@ -64,13 +64,8 @@ def build_images(settings: Settings) -> ImageLoader:
 
 
 def build_worker(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> GenerationWorker:
-    """The generation thread, told at construction what it reports: which model is loaded (it
-    schedules around swaps), requests dropped unrun, and the queue depth as it changes."""
-    return GenerationWorker(
-        QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch),
-        loaded=lambda: engine.loaded.id if engine.loaded else None,
-        dropped=lambda model: metrics.cancelled(model or "", "queued"),
-        depth=metrics.queue_depth)
+    return generation_worker(
+        engine, metrics, QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch))
 
 
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
@@ -96,7 +91,7 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
     metrics = metrics or PrometheusMetrics()
     service = build_service(settings, engine=engine, catalog=catalog, clock=clock, ids=ids,
                             metrics=metrics)
-    metrics.watch_loaded_model(lambda: service.loaded_model.id if service.loaded_model else None)
+    metrics.watch_loaded_model(service.loaded_id)
     backend = backend_of(service.engine)
     log.info("backend: %s", ", ".join(f"{key}={value}" for key, value in backend().items()))
     options = HttpOptions(max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,

@@ -43,12 +43,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _store_command(args: list[str]) -> int:
+    from ..adapters.store.aliases import ALIAS_NAMES
     from ..adapters.store.hf_store import HuggingFaceStore
     from . import commands
 
     parser = argparse.ArgumentParser(prog=f"mlx-server {args[0]}")
     if args[0] == "pull":
-        parser.add_argument("model", help="an alias (gemma, qwen, smollm), a repo id or a path")
+        parser.add_argument("model", help=f"an alias ({ALIAS_NAMES}), a repo id or a path")
     parser.add_argument("--cache-dir", type=Path, default=settings_from_env().cache_dir)
     options = parser.parse_args(args[1:])
     store = HuggingFaceStore(options.cache_dir)

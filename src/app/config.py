@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from ..adapters.images.fetch import ImagePolicy
+from ..adapters.store.aliases import ALIAS_NAMES
 from ..domain.chat import ChatLimits
 from ..domain.lifecycle import StartupPolicy
 from ..domain.worker import QueuePolicy
@@ -78,7 +79,7 @@ class Settings:
 
 # flag -> (Settings field, type, help); the default comes from Settings
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--model", "model", str, "model to preload: an alias (gemma, qwen, smollm), a repo id or a path"),
+    ("--model", "model", str, f"model to preload: an alias ({ALIAS_NAMES}), a repo id or a path"),
     ("--fallback-model", "fallback_model", str, "preloaded instead when --model cannot be had ('' for none)"),
     ("--cache-dir", "cache_dir", Path, "where models converted from GGUF are kept"),
     ("--host", "host", str, "address to listen on"),

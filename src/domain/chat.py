@@ -55,7 +55,7 @@ from .tool_calls import (
     assemble,
 )
 from .tool_plan import PlainText, ToolPlan, plan_tools
-from .worker import Cancelled, GenerationWorker
+from .worker import Cancelled, GenerationWorker, QueuePolicy
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class ChatService:
     engine: InferenceEngine
     clock: Clock
     ids: IdSource
-    # the composition root passes one wired to its engine and metrics; this default reports
-    # to the service's own
-    worker: GenerationWorker = attrs.field(
-        default=attrs.Factory(lambda self: self._default_worker(), takes_self=True))
     images: ImageLoader | None = None
     metrics: Metrics = attrs.field(factory=NoMetrics)
+    # the composition root passes one wired to its engine and metrics; this default reports
+    # to the service's own (declared after them: attrs builds defaults in field order)
+    worker: GenerationWorker = attrs.field(
+        default=attrs.Factory(lambda self: self._default_worker(), takes_self=True))
     limits: ChatLimits = attrs.field(factory=ChatLimits)
     startup: StartupPolicy = attrs.field(factory=StartupPolicy)
 
@@ -91,9 +91,7 @@ class ChatService:
         return self.clock.now()
 
     def _default_worker(self) -> GenerationWorker:
-        return GenerationWorker(loaded=self._loaded_id,
-                                dropped=lambda model: self.metrics.cancelled(model or "", "queued"),
-                                depth=lambda waiting: self.metrics.queue_depth(waiting))
+        return generation_worker(self.engine, self.metrics)
 
     @property
     def loaded_model(self) -> ModelRef | None:
@@ -116,16 +114,16 @@ class ChatService:
         await asyncio.to_thread(self.worker.stop)
 
     def status(self) -> ServiceStatus:
-        return ServiceStatus("busy" if self.worker.busy else "idle", self._loaded_id(),
+        return ServiceStatus("busy" if self.worker.busy else "idle", self.loaded_id(),
                              self.worker.queued)
 
     async def models(self, name: str | None = None) -> ModelListing:
         """Every model a client may name, or the one `name` resolves to (ModelNotFound)."""
-        return await asyncio.to_thread(list_models, self.catalog, name, self._loaded_id())
+        return await asyncio.to_thread(list_models, self.catalog, name, self.loaded_id())
 
-    def _loaded_id(self) -> str | None:
-        loaded = self.engine.loaded
-        return loaded.id if loaded else None
+    def loaded_id(self) -> str | None:
+        """The id of the model in memory, if any."""
+        return _loaded_id(self.engine)
 
     async def unload_if_idle(self, seconds: float) -> bool:
         """Free the model when no request came for `seconds`; the next request loads it again."""
@@ -180,7 +178,7 @@ class ChatService:
                     return Completion(
                         id=start.id, created=start.created, model=start.model, text=reply.content,
                         finish_reason=event.finish_reason, usage=event.usage,
-                        tool_calls=reply.calls, ttft=event.ttft,
+                        tool_calls=reply.calls, ttft=start.ttft,
                         logprobs=tuple(logprobs) if request.sampling.logprobs else None)
         raise EngineFailure("generation ended without finishing")
 
@@ -256,7 +254,7 @@ class ChatService:
         steps: Iterable[GenerationStep], cancelled: Cancelled,
     ) -> Generator[StreamEvent, None, None]:
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
-                          model=model.id)
+                          model=model.id, ttft=ttft)
         decoding = self.clock.now()
         yield from run.take(run.parser.feed(run.plan.prefix))  # the model's output continues it
         produced, reason = yield from run.consume(steps, cancelled)
@@ -273,7 +271,7 @@ class ChatService:
                                 ttft=ttft, decode_seconds=self.clock.now() - decoding)
         run.ended = True
         yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
-                        rejected_calls=run.parser.rejected, ttft=ttft)
+                        rejected_calls=run.parser.rejected)
 
     def _completion_budget(
         self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef
@@ -341,6 +339,20 @@ class _Run:
             self.done = self.plan.single_call and isinstance(event, CallArguments)
 
 
+def generation_worker(engine: InferenceEngine, metrics: Metrics,
+                      policy: QueuePolicy | None = None) -> GenerationWorker:
+    """The generation thread, told at construction what it reports: which model is loaded (it
+    schedules around swaps), requests dropped unrun, and the queue depth as it changes."""
+    return GenerationWorker(policy, loaded=lambda: _loaded_id(engine),
+                            dropped=lambda model: metrics.cancelled(model or "", "queued"),
+                            depth=metrics.queue_depth)
+
+
+def _loaded_id(engine: InferenceEngine) -> str | None:
+    loaded = engine.loaded
+    return loaded.id if loaded else None
+
+
 def _decide(request: ChatRequest, model: ModelRef) -> ToolPlan:
     """What depends on the model's family and vision, decided once they are known (settled, or
     read from the fetched files): how tools are offered, and whether images may come."""
@@ -360,7 +372,7 @@ def _image_parts(request: ChatRequest) -> list[tuple[str, str]]:
 
 def _no_vision(model: ModelRef, param: str) -> InvalidRequest:
     return InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
-                          "Send text only, or choose a vision model (gemma, qwen).",
+                          "Send text only, or choose a vision model.",
                           param=param, code="unsupported_value")
 
 
@@ -410,7 +422,7 @@ class ChatStream:
 
     @property
     def ttft(self) -> float | None:
-        return self.end.ttft if self.end else None
+        return self.start.ttft if self.start else None
 
     def __aiter__(self) -> ChatStream:
         return self

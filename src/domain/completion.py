@@ -60,6 +60,10 @@ class StreamStart:
     id: str
     created: int
     model: str
+    # seconds from the generation's start (queued, loaded and the prompt prepared) to its first
+    # token, on the service's clock: the one figure the metrics and the access log both report.
+    # Known when the stream starts (it starts after the prefill), so a stream cut short has it
+    ttft: float | None = None
 
 
 @attrs.frozen
@@ -73,9 +77,6 @@ class StreamEnd:
     finish_reason: FinishReason
     usage: Usage
     rejected_calls: int = 0  # call blocks that did not parse or fit: returned as content
-    # seconds from the generation's start (queued and loaded) to its first token, on the
-    # service's clock: the one figure the metrics and the access log both report
-    ttft: float = 0.0
 
 
 StreamEvent = StreamStart | TextDelta | CallStarted | CallArguments | StreamEnd
@@ -91,4 +92,4 @@ class Completion:
     usage: Usage
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None  # None: not requested
-    ttft: float = 0.0  # as StreamEnd.ttft
+    ttft: float | None = None  # as StreamStart.ttft

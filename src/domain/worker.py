@@ -21,7 +21,7 @@ Producer = Callable[[Cancelled], Generator[T, None, None]]
 _ITEM, _DONE, _ERROR = "item", "done", "error"
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)  # compared by identity: each job is one request
 class _Job:
     produce: Producer[Any]
     cancelled: threading.Event
@@ -101,7 +101,8 @@ class GenerationWorker:
             with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody listens
                 loop.call_soon_threadsafe(results.put_nowait, message)
 
-        self._enqueue(_Job(produce, cancelled, push, model, time.monotonic()))
+        job = _Job(produce, cancelled, push, model, time.monotonic())
+        self._enqueue(job)
         try:
             while True:
                 kind, value = await results.get()
@@ -113,6 +114,7 @@ class GenerationWorker:
                     return
         finally:
             cancelled.set()
+            self._withdraw(job)
 
     async def call(self, fn: Callable[[], T], *, model: str | None = None) -> T:
         """Run one function on the worker thread and return its result."""
@@ -133,6 +135,16 @@ class GenerationWorker:
             self._waiting.append(job)
             self._depth(len(self._waiting))
             self._wakeup.notify()
+
+    def _withdraw(self, job: _Job) -> None:
+        """Take a job whose consumer left out of the queue now, if it is still waiting, so
+        the depth reported (and `queued`) drop at once rather than when the thread next looks.
+        The lock is only ever held for list operations, never during a job."""
+        with self._wakeup:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._drop(job)
+                self._depth(len(self._waiting))
 
     def _serve_forever(self) -> None:
         jumps = 0

@@ -329,9 +329,12 @@ def gguf_file() -> Path:
 def test_local_gguf_is_converted_once(cache: Path, tmp_path: Path, gguf_file: Path) -> None:
     online = HuggingFaceStore(tmp_path / "converted", offline=True, local_models=[gguf_file])
     ref = online.resolve(str(gguf_file))
-    assert ref.id == str(gguf_file.resolve()) and not ref.settled  # known once converted
+    # only llama GGUFs convert: a text model with no tool format, known before the conversion
+    # (tools and images are refused before anything loads); its context is read once converted
+    assert ref.id == str(gguf_file.resolve()) and ref.settled
+    assert (ref.family, ref.vision) == (families.GENERIC.name, False)
     first = online.fetch(ref)
-    assert first.settled
+    assert first.settled and (first.family, first.vision) == (ref.family, ref.vision)
     directory = Path(first.source)
     assert directory.parent == tmp_path / "converted"
     assert directory.name.startswith(gguf_file.stem + "-")

@@ -162,3 +162,10 @@ def test_the_prefix_cache_budget_is_an_eighth_of_memtotal_within_bounds(tmp_path
     for total_gib, budget_mb in ((16, 2048), (1, 256), (64, 4096)):
         host.meminfo.write_text(f"MemTotal: {total_gib * GIB // 1024} kB\n")
         assert default_budget_mb(host) == budget_mb
+
+
+def test_the_cpu_model_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    host = _host(tmp_path, cpuinfo=tmp_path / "cpuinfo")
+    assert host.cpu_model() is None  # no file: unknown, not an error
+    host.cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\nflags\t: fpu\n")
+    assert host.cpu_model() == "Example CPU @ 2.00GHz"

@@ -4,6 +4,7 @@ config is known), the time to first token, and serving (preload, status, the mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import attrs
@@ -12,7 +13,7 @@ import pytest
 from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.domain.chat import ChatService
-from mlx_server.domain.completion import StreamEnd
+from mlx_server.domain.completion import StreamStart
 from mlx_server.domain.conversation import ChatRequest, ImagePart, Message, Role, TextPart, ToolSpec
 from mlx_server.domain.errors import InvalidRequest, ModelNotFound
 from mlx_server.domain.families import GEMMA3
@@ -129,21 +130,25 @@ def test_tools_a_settled_model_cannot_call_are_refused_before_anything_loads() -
     assert caught.value.param == "tools" and engine.loads == []
 
 
-def test_the_time_to_first_token_is_measured_once_and_carried_to_the_end() -> None:
+def test_the_time_to_first_token_is_measured_once_and_carried_from_the_start() -> None:
     metrics = TimedMetrics()
     service = ChatService(catalog=StaticCatalog(), engine=FakeEngine(), clock=TickingClock(),
                           ids=CountingIds(), metrics=metrics)
     request = ChatRequest("gemma", (Message(Role.USER, (TextPart("hi"),)),))
 
-    async def run() -> tuple[float, float]:
+    async def run() -> tuple[float | None, float | None, float | None]:
         completion = await service.complete(request)
-        events = [event async for event in await service.open_stream(request)]
-        end = events[-1]
-        assert isinstance(end, StreamEnd)
-        return completion.ttft, end.ttft
+        async with contextlib.aclosing(await service.open_stream(request)) as stream:
+            events = [event async for event in stream]
+        async with contextlib.aclosing(await service.open_stream(request)) as cut:
+            await anext(cut)  # the client leaves after the first event: the figure is known
+        assert isinstance(events[0], StreamStart) and stream.ttft == events[0].ttft
+        return completion.ttft, stream.ttft, cut.ttft
 
-    completed, streamed = asyncio.run(run())
-    assert metrics.ttfts == [completed, streamed] and completed > 0
+    completed, streamed, cut_short = asyncio.run(run())
+    # (the fake engine may finish the cut stream on its thread before the close is seen)
+    assert metrics.ttfts[:2] == [completed, streamed] and completed is not None and completed > 0
+    assert cut_short is not None and cut_short > 0
 
 
 def test_start_preloads_the_fallback_when_the_model_cannot_be_had() -> None:

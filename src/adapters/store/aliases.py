@@ -38,6 +38,7 @@ BUILT_INS: tuple[BuiltIn, ...] = (
     BuiltIn("qwen3", "mlx-community/Qwen3-4B-4bit", QWEN3),
 )
 
+ALIAS_NAMES = ", ".join(model.alias for model in BUILT_INS)  # for help texts
 # alias -> the model's ref before download
 BUILTIN_REFS: Mapping[str, ModelRef] = {model.alias: model.ref() for model in BUILT_INS}
 # hub repo id -> the ref of a built-in repo, known before its config is cached

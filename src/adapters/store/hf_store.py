@@ -160,8 +160,9 @@ class HuggingFaceStore:
         known = KNOWN_REPOS.get(repo_id)
         if known is not None:
             return known
-        # NOTE: unknown until its config is here; the engine checks again after the fetch
-        return ModelRef(id=repo_id, source=repo_id, vision=True, settled=False)
+        # unknown until its config is here: the chat service decides on tools and images once
+        # the fetch has read it (settled=False); family and vision here are placeholders
+        return ModelRef(id=repo_id, source=repo_id, settled=False)
 
     def _cached_snapshot(self, repo_id: str) -> Path | None:
         """The complete cached snapshot of `repo_id`, found with no network request."""
@@ -276,10 +277,12 @@ def _ref_from_dir(model_id: str, directory: Path) -> ModelRef:
 
 def _local_ref(path: Path) -> ModelRef:
     """An allowed local model's ref, its id its real path: a directory's family and context
-    come from its config; a .gguf file's are known once converted (fetch): unsettled until then."""
+    come from its config. A .gguf file converts only when it is a llama model (gguf_convert), so
+    its family (generic: no tool format) and vision (none) are known now; its context length is
+    read from the converted config (fetch), which is the ref the engine generates with."""
     if path.is_dir():
         return _ref_from_dir(str(path), path)
-    return ModelRef(id=str(path), source=str(path), settled=False)
+    return ModelRef(id=str(path), source=str(path))
 
 
 def _listable(path: Path) -> bool:

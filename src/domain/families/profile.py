@@ -31,11 +31,11 @@ class Profile:
     name: str  # what ModelRef.family holds
     title: str  # how messages to clients name the family
     model_types: tuple[str, ...]  # the config.json model_type values this family claims
+    default_context: int  # stated by each family: no figure shared by default
     tool_format: ToolCallFormat | None = None
     rewrite: MessageRewrite | None = None
     extra_stops: tuple[str, ...] = ()
     thinking: tuple[str, str] | None = None
-    default_context: int = 8192
 
     def prompt(self, messages: Sequence[Message],
                tools: Sequence[ToolSpec]) -> tuple[tuple[Message, ...], tuple[ToolSpec, ...]]:
