@@ -1,8 +1,11 @@
 """A deterministic inference engine for offline tests and demos: no weights, no MLX.
 
-It renders prompts in a plain ChatML-like text, tokenises by words, and streams either the raw
-replies it was given (cycling through them, so real tool-call parsing can run on them) or an echo
-of the last user message.
+It renders prompts in a plain ChatML-like text (a raw completion prompt as it is), tokenises by
+words, and streams either the raw replies it was given (cycling through them, so real tool-call
+parsing can run on them) or an echo of the last user message (of the raw prompt). A reply is a
+whole assistant message, as a model would have written it: when the server forces the assistant
+turn to start with a prefix (a tool-call opener) and the reply starts with it too, the fake
+continues from the reply after that prefix, as a model continuing its forced start would.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+
+import attrs
 
 from ..domain.completion import FinishReason, GenerationStep
 from ..domain.conversation import Message, SamplingParams, ToolSpec
@@ -78,15 +83,22 @@ class FakeEngine:
         self._loaded = None
 
     def prepare(self, prompt: PromptInput) -> PreparedPrompt:
+        if prompt.raw is not None:
+            return PreparedPrompt(token_count=len(tokenize(prompt.raw)),
+                                  payload=_Prompt(prompt.raw))
         text = render(prompt.messages, prompt.tools) + prompt.assistant_prefix
         last_user = next((m.text for m in reversed(prompt.messages) if m.role == "user"), "")
-        return PreparedPrompt(token_count=len(tokenize(text)), payload=last_user)
+        return PreparedPrompt(token_count=len(tokenize(text)),
+                              payload=_Prompt(last_user, prompt.assistant_prefix))
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Generator[GenerationStep, None, None]:
-        reply = next(self._replies) if self._replies else f"You said: {prompt.payload}"
+        payload = prompt.payload if isinstance(prompt.payload, _Prompt) else _Prompt(str(prompt.payload))
+        reply = next(self._replies) if self._replies else f"You said: {payload.said}"
+        if payload.forced and reply.startswith(payload.forced):
+            reply = reply[len(payload.forced):]  # the forced start is in the prompt already
         tokens = tokenize(reply) or [""]
         limit = params.max_tokens if params.max_tokens is not None else len(tokens)
         for index, token in enumerate(tokens[:limit], start=1):
@@ -100,3 +112,9 @@ class FakeEngine:
                 yield GenerationStep(token, index, FinishReason.LENGTH)
             else:
                 yield GenerationStep(token, index)
+
+
+@attrs.frozen
+class _Prompt:
+    said: str  # the last user message (the raw prompt): what the default reply repeats
+    forced: str = ""  # the assistant turn's forced start, already part of the prompt

@@ -228,10 +228,11 @@ class ChatService:
         # token ids and counts against the model now loaded: MLX does not bounds-check them
         check_token_ids(request.sampling, self.engine.vocab_size)
         prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
-                                                 plan.prefix))
-        params = attrs.evolve(request.sampling,
-                              max_tokens=self._completion_budget(prompt, request.sampling, model))
+                                                 plan.prefix, raw=request.prompt))
+        params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
+            prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"))
         run = _Run(plan, self.ids.tool_call_id, params.stop)
+        run.echo = request.prompt if request.echo and request.prompt is not None else ""
         started = self.clock.now()
         with contextlib.closing(self.engine.generate(prompt, params, cancelled)) as steps:
             # NOTE: the first step runs the prefill; a setup error (say, a JSON schema the
@@ -256,6 +257,8 @@ class ChatService:
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
                           model=model.id, ttft=ttft)
         decoding = self.clock.now()
+        if run.echo:  # the prompt, returned in front of the reply (never a stop, never a call)
+            yield TextDelta(run.echo)
         yield from run.take(run.parser.feed(run.plan.prefix))  # the model's output continues it
         produced, reason = yield from run.consume(steps, cancelled)
         if produced < 0:
@@ -274,7 +277,7 @@ class ChatService:
                         rejected_calls=run.parser.rejected)
 
     def _completion_budget(
-        self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef
+        self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef, param: str
     ) -> int:
         room = model.context_length - prompt.token_count
         wanted = sampling.max_tokens
@@ -283,8 +286,8 @@ class ChatService:
             raise ContextTooLong(
                 f"This model's maximum context length is {model.context_length} tokens. "
                 f"The request has {prompt.token_count} prompt tokens{asked}. "
-                "Shorten the messages or lower max_tokens.",
-                param="messages",
+                f"Shorten the {param} or lower max_tokens.",
+                param=param,
             )
         return wanted if wanted is not None else min(room, self.limits.max_tokens_cap)
 
@@ -301,6 +304,7 @@ class _Run:
         self.calls = 0
         self.done = False  # parallel_tool_calls false: the first call ends the turn
         self.ended = False  # the final event is out
+        self.echo = ""  # a raw prompt returned in front of the reply (legacy completions' echo)
         self.logprobs: list[TokenLogprob] = []
 
     def consume(
@@ -355,7 +359,10 @@ def _loaded_id(engine: InferenceEngine) -> str | None:
 
 def _decide(request: ChatRequest, model: ModelRef) -> ToolPlan:
     """What depends on the model's family and vision, decided once they are known (settled, or
-    read from the fetched files): how tools are offered, and whether images may come."""
+    read from the fetched files): how tools are offered, and whether images may come. A raw
+    prompt has neither: no template renders it, nothing in it is parsed as a call."""
+    if request.prompt is not None:
+        return ToolPlan(format=None, tools=(), messages=(), template_tools=())
     plan = plan_tools(request, model)
     images = _image_parts(request)
     if images and not model.vision:

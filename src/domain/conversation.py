@@ -103,6 +103,10 @@ class SamplingParams:
 
 @attrs.frozen
 class ChatRequest:
+    """A chat, or with `prompt` set a legacy text completion: that text is the model's input as
+    it is (no chat template, no tools, no images; `messages` empty), and `echo` puts it in front
+    of the reply."""
+
     model: str
     messages: tuple[Message, ...]
     sampling: SamplingParams = SamplingParams()
@@ -111,3 +115,5 @@ class ChatRequest:
     parallel_tool_calls: bool = True
     stream: bool = False
     include_usage: bool = False
+    prompt: str | None = None
+    echo: bool = False

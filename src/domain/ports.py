@@ -39,12 +39,16 @@ class ImageLoader(Protocol):
 @attrs.frozen
 class PromptInput:
     """What an engine renders into a prompt: the conversation, the tools its template should
-    show, the images in order of appearance, and text the assistant turn must start with."""
+    show, the images in order of appearance, and text the assistant turn must start with.
+    With `raw` set (a legacy completion) the prompt is that text exactly, tokenised with the
+    tokenizer's own special tokens (a BOS where it adds one) and no chat template; the
+    conversation is then empty."""
 
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     images: tuple[LoadedImage, ...] = ()
     assistant_prefix: str = ""
+    raw: str | None = None
 
 
 class InferenceEngine(Protocol):
@@ -69,8 +73,9 @@ class InferenceEngine(Protocol):
         """Drop every reference to the current model and free its memory."""
 
     def prepare(self, prompt: PromptInput) -> PreparedPrompt:
-        """Render `prompt` with the loaded model's own template and count its tokens exactly.
-        Raises InvalidRequest when the template rejects the conversation."""
+        """Render `prompt` with the loaded model's own template (or take its `raw` text as it is)
+        and count its tokens exactly. Raises InvalidRequest when the template rejects the
+        conversation."""
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams, cancelled: Callable[[], bool]

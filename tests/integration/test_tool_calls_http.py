@@ -126,6 +126,21 @@ def test_forced_tool_choice_starts_the_turn_with_the_call(family: str, choice: A
 
 
 @pytest.mark.parametrize("family", ["gemma", "qwen"])
+@pytest.mark.parametrize("choice", ["required", {"type": "function",
+                                                 "function": {"name": "get_weather"}}])
+def test_a_forced_choice_with_a_whole_call_reply_gives_exactly_one_call(family: str,
+                                                                        choice: Any) -> None:
+    # the fake's reply is a whole message, opener included: it continues after the forced start
+    client = client_for(CALL[family])
+    message = post(client, family, tool_choice=choice).json["choices"][0]["message"]
+    assert message["content"] is None
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in message["tool_calls"]] == [("get_weather", {"city": "Paris", "days": 3})]
+    text, calls, reason, _ = streamed(post(client, family, tool_choice=choice, stream=True))
+    assert (text, len(calls), reason) == (None, 1, "tool_calls")
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen"])
 def test_a_whole_tool_loop(family: str) -> None:
     client = client_for(CALL[family], "It is sunny in Paris.")
     call = post(client, family).json["choices"][0]["message"]
