@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from ..domain.completion import FinishReason, GenerationStep
+from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ..domain.conversation import Message, SamplingParams, ToolSpec
 from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
@@ -106,12 +106,21 @@ class FakeEngine:
                 return
             if self._delay:
                 time.sleep(self._delay)
+            logprob = _logprob(token, params.top_logprobs) if params.logprobs else None
             if index == len(tokens):
-                yield GenerationStep(token, index, FinishReason.STOP)
+                yield GenerationStep(token, index, FinishReason.STOP, logprob)
             elif index == limit:
-                yield GenerationStep(token, index, FinishReason.LENGTH)
+                yield GenerationStep(token, index, FinishReason.LENGTH, logprob)
             else:
-                yield GenerationStep(token, index)
+                yield GenerationStep(token, index, logprob=logprob)
+
+
+def _logprob(token: str, top: int, logprob: float = -0.5) -> TokenLogprob:
+    """A fixed log probability, the token itself the most likely of `top` alternatives."""
+    alternatives = [TopLogprob(token, logprob, tuple(token.encode()))]
+    alternatives += [TopLogprob(f"<alt{k}>", logprob - k, tuple(f"<alt{k}>".encode()))
+                     for k in range(1, top)]
+    return TokenLogprob(token, logprob, tuple(token.encode()), tuple(alternatives[:top]))
 
 
 @attrs.frozen

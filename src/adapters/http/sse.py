@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import falcon.asgi
 
@@ -74,6 +75,16 @@ class ChunkWriter:
         return chunks
 
 
+class Writer(Protocol):
+    """Renders one stream's events in one API's chunk format."""
+
+    def first(self) -> bytes:
+        """What goes out as the stream starts (nothing: b"")."""
+
+    def event(self, event: StreamEvent) -> bytes:
+        """The chunk(s) for any event after the start (nothing: b"")."""
+
+
 class RenderedEvent(falcon.asgi.SSEvent):
     """An event whose bytes are rendered already. Chunks leave through Falcon's SSE path because
     that path notices a client that went away (its plain stream path keeps sending into the void),
@@ -88,16 +99,19 @@ class RenderedEvent(falcon.asgi.SSEvent):
         return self.raw
 
 
-async def render(events: ChatStream, include_usage: bool) -> AsyncIterator[falcon.asgi.SSEvent]:
-    """The chunks of `events`, then [DONE]; an error after the status line is reported in-band,
-    as OpenAI does. Closing this generator (a client that left) closes `events` at once, which
-    stops the generation."""
-    writer: ChunkWriter | None = None
+async def render(events: ChatStream, include_usage: bool,
+                 writer_for: Callable[[StreamStart, bool], Writer] = ChunkWriter,
+                 ) -> AsyncIterator[falcon.asgi.SSEvent]:
+    """The chunks of `events` (chat's, or those `writer_for` makes), then [DONE]; an error after
+    the status line is reported in-band, as OpenAI does. Closing this generator (a client that
+    left) closes `events` at once, which stops the generation."""
+    writer: Writer | None = None
     try:
         async for event in events:
             if isinstance(event, StreamStart):
-                writer = ChunkWriter(event, include_usage)
-                yield RenderedEvent(writer.first())
+                writer = writer_for(event, include_usage)
+                if first := writer.first():
+                    yield RenderedEvent(first)
             elif writer is not None and (chunk := writer.event(event)):
                 yield RenderedEvent(chunk)
         yield RenderedEvent(_DONE)

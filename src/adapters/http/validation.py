@@ -26,6 +26,9 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "moderation": (),
 }
 
+# The same for the legacy completions API (createCompletion): no fill-in-the-middle.
+COMPLETION_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {"suffix": ("",)}
+
 # Fields only meaningful when another is true: field -> (that field, True). openapi.yaml
 # declares the same as dependentSchemas; checked first so that the message names the field sent.
 ONLY_WITH: Mapping[str, tuple[str, Any]] = {"stream_options": ("stream", True)}
@@ -39,24 +42,27 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 class RequestValidator:
     """Checks a decoded JSON body against one schema of the OpenAPI document."""
 
-    def __init__(self, spec: Mapping[str, Any], schema_name: str) -> None:
+    def __init__(self, spec: Mapping[str, Any], schema_name: str,
+                 unsupported: Mapping[str, tuple[Any, ...]] = UNSUPPORTED_PARAMETERS) -> None:
         schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
         self._validator = jsonschema.Draft202012Validator(schema)
+        self._unsupported = unsupported  # this schema's table of refused parameters
 
     def validate(self, body: object) -> None:
         if not isinstance(body, dict):
             raise InvalidRequest(
                 f"The request body must be a JSON object, not {_json_type(body)}.",
                 code="invalid_type")
-        _refuse_unsupported(body)
+        _refuse_unsupported(body, self._unsupported)
         _refuse_orphans(body)
         error = best_match(self._validator.iter_errors(body), key=_relevance)
         if error is not None:
             raise _to_domain(_specific(error))
 
 
-def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    for name, no_ops in UNSUPPORTED_PARAMETERS.items():
+def _refuse_unsupported(body: Mapping[str, Any],
+                        unsupported: Mapping[str, tuple[Any, ...]]) -> None:
+    for name, no_ops in unsupported.items():
         value = body.get(name)
         if value is not None and value not in no_ops:
             raise InvalidRequest(

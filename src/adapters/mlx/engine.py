@@ -120,24 +120,21 @@ class MlxEngine:
         mx.clear_cache()
 
     def prepare(self, prompt: PromptInput) -> PreparedPrompt:
-        from mlx_vlm.prompt_utils import apply_chat_template
         from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
         model, processor = self._require()
         _refuse_placeholders(prompt, self._markers)
-        kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
-        try:
-            text: str = apply_chat_template(processor, model.config,
-                                       [_template_message(m) for m in prompt.messages],
-                                       num_images=len(prompt.images), **kwargs)  # type: ignore[assignment]
-        except Exception as exc:  # jinja TemplateError: e.g. roles that must alternate
-            raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
-                                 param="messages") from exc
-        images = [image.image for image in prompt.images] or None
-        # NOTE: Gemma's template writes <bos> itself; adding it again doubles it
         bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
-        add_special = should_add_special_tokens(model.config.model_type, processor) and not (
-            isinstance(bos, str) and bos and text.startswith(bos))
+        if prompt.raw is not None:  # a legacy completion: the text as it is, no template, so
+            # the tokenizer's own special tokens (its BOS) go in unless the text has them
+            text = prompt.raw
+            add_special = not (isinstance(bos, str) and bos and text.startswith(bos))
+        else:
+            text = self._template(model, processor, prompt)
+            # NOTE: Gemma's template writes <bos> itself; adding it again doubles it
+            add_special = should_add_special_tokens(model.config.model_type, processor) and not (
+                isinstance(bos, str) and bos and text.startswith(bos))
+        images = [image.image for image in prompt.images] or None
         try:
             inputs = prepare_inputs(  # type: ignore[no-untyped-call]
                 processor, images=images, prompts=text + prompt.assistant_prefix,
@@ -150,6 +147,20 @@ class MlxEngine:
         plan = self._cache_plan(inputs, prompt)
         return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]),
                               payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0)
+
+    @staticmethod
+    def _template(model: Any, processor: Any, prompt: PromptInput) -> str:
+        from mlx_vlm.prompt_utils import apply_chat_template
+
+        kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
+        try:
+            text: str = apply_chat_template(processor, model.config,
+                                       [_template_message(m) for m in prompt.messages],
+                                       num_images=len(prompt.images), **kwargs)  # type: ignore[assignment]
+        except Exception as exc:  # jinja TemplateError: e.g. roles that must alternate
+            raise InvalidRequest(f"The model's chat template rejected the conversation: {exc}",
+                                 param="messages") from exc
+        return text
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams,
@@ -382,14 +393,19 @@ def _placeholders(processor: Any) -> tuple[str, ...]:
 def _refuse_placeholders(prompt: PromptInput, placeholders: tuple[str, ...]) -> None:
     """A client's text must not carry the image markers: they tokenize to the very ids the
     processor counts, and Gemma 3 then fails to place the image features (a 500)."""
-    for message in prompt.messages:
-        texts = [message.text, *(f"{call.name} {call.arguments}" for call in message.tool_calls)]
+    sources = [("messages", [message.text, *(f"{call.name} {call.arguments}"
+                                             for call in message.tool_calls)])
+               for message in prompt.messages]
+    if prompt.raw is not None:
+        sources.append(("prompt", [prompt.raw]))
+    for param, texts in sources:
         for marker in placeholders:
             if any(marker in text for text in texts):
                 raise InvalidRequest(
-                    f"The conversation contains {marker!r}, which this model's processor writes "
-                    "for images itself; it cannot come from a client. Remove it, or send the "
-                    "image as an image_url part.", param="messages", code="invalid_value")
+                    f"The {'conversation' if param == 'messages' else 'prompt'} contains "
+                    f"{marker!r}, which this model's processor writes for images itself; it "
+                    "cannot come from a client. Remove it, or send the image as an image_url "
+                    "part of a chat message.", param=param, code="invalid_value")
 
 
 def _template_message(message: Message) -> dict[str, Any]:
