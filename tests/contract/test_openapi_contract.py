@@ -129,3 +129,4 @@ def test_every_generated_case_passes_every_default_check() -> None:
     assert total >= MIN_CASES
     streamed_ok = statuses[("POST /v1/chat/completions", 200)]
     assert streamed_ok > 50 and statuses[("GET /v1/models/{model}", 200)] > 0
+    assert statuses[("POST /v1/completions", 200)] > 50

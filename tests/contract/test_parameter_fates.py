@@ -19,10 +19,20 @@ from mlx_server.app.config import Settings
 from tests.support.http import ConnectedTestClient
 
 ROOT = Path(__file__).parents[2]
-PROPERTIES = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"][
-    "CreateChatCompletionRequest"]["properties"]
-FATES = {name: fate for name, fate in re.findall(
-    r"^\| `([a-z_]+)` \| (honoured|metadata|refused) \|", (ROOT / "README.md").read_text(), re.M)}
+SCHEMAS = yaml.safe_load((ROOT / "openapi.yaml").read_text())["components"]["schemas"]
+PROPERTIES = SCHEMAS["CreateChatCompletionRequest"]["properties"]
+README = (ROOT / "README.md").read_text()
+
+
+def fates(heading: str) -> dict[str, str]:
+    """The fate table of the README section under `heading` (up to the next heading)."""
+    section = README.split(f"\n{heading}\n", 1)[1]
+    section = re.split(r"^#{2,3} ", section, maxsplit=1, flags=re.M)[0]
+    return {name: fate for name, fate in re.findall(
+        r"^\| `([a-z_]+)` \| (honoured|metadata|refused) \|", section, re.M)}
+
+
+FATES = fates("### Request parameters")
 BASE: dict[str, Any] = {"model": "gemma", "messages": [{"role": "user", "content": "hi there"}]}
 ACCEPTED: dict[str, Any] = {  # a meaningful value for every honoured or metadata field
     "model": "qwen", "messages": BASE["messages"], "stream": False,
@@ -72,6 +82,51 @@ def test_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestCl
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refused_fields_are_400_naming_them(client: falcon.testing.TestClient, name: str) -> None:
     result = client.simulate_post("/v1/chat/completions", json={**BASE, name: REFUSED[name]})
+    assert result.status_code == 400
+    assert (result.json["error"]["code"], result.json["error"]["param"]) == (
+        "unsupported_parameter", name)
+
+
+# -- the legacy completions API (POST /v1/completions) -------------------------------------------
+
+COMPLETION_PROPERTIES = SCHEMAS["CreateCompletionRequest"]["properties"]
+COMPLETION_FATES = fates("### Legacy completions")
+COMPLETION_BASE: dict[str, Any] = {"model": "gemma", "prompt": "Once upon a time"}
+COMPLETION_ACCEPTED: dict[str, Any] = {
+    "model": "qwen", "prompt": ["Once upon a time"], "max_tokens": 5, "stop": ["zzz"],
+    "stream": False, "stream_options": {"include_usage": True}, "temperature": 0.5, "top_p": 0.9,
+    "seed": 3, "presence_penalty": 0.5, "frequency_penalty": 0.5, "logit_bias": {"42": 5},
+    "logprobs": 2, "echo": True, "n": 1, "best_of": 1, "top_k": 5, "min_p": 0.1,
+    "repetition_penalty": 1.1, "user": "u-1"}
+COMPLETION_REFUSED: dict[str, Any] = {"suffix": "}\n"}
+
+
+def test_every_completions_property_has_a_fate_in_the_readme() -> None:
+    assert sorted(COMPLETION_FATES) == sorted(COMPLETION_PROPERTIES)
+    assert sorted(COMPLETION_ACCEPTED) == sorted(
+        n for n, fate in COMPLETION_FATES.items() if fate != "refused")
+    assert sorted(COMPLETION_REFUSED) == sorted(
+        n for n, fate in COMPLETION_FATES.items() if fate == "refused")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in COMPLETION_FATES.items() if f != "refused"))
+def test_completions_honoured_and_metadata_fields_are_accepted(
+        client: falcon.testing.TestClient, name: str) -> None:
+    body = {**COMPLETION_BASE, name: COMPLETION_ACCEPTED[name]}
+    if name == "stream_options":
+        body["stream"] = True
+    result = client.simulate_post("/v1/completions", json=body)
+    assert result.status_code == 200, result.text
+    if COMPLETION_FATES[name] == "metadata":
+        plain = client.simulate_post("/v1/completions", json=COMPLETION_BASE).json
+        assert result.json["choices"] == plain["choices"]
+
+
+@pytest.mark.parametrize("name", sorted(COMPLETION_REFUSED))
+def test_completions_refused_fields_are_400_naming_them(client: falcon.testing.TestClient,
+                                                        name: str) -> None:
+    result = client.simulate_post("/v1/completions",
+                                  json={**COMPLETION_BASE, name: COMPLETION_REFUSED[name]})
     assert result.status_code == 400
     assert (result.json["error"]["code"], result.json["error"]["param"]) == (
         "unsupported_parameter", name)
