@@ -239,3 +239,63 @@ def test_finished_requests_are_never_counted_as_cancelled() -> None:
 
     asyncio.run(run())
     assert metrics.cancellations == []
+
+
+# -- a raw prompt (legacy completions): the same pipeline, no template -------------------------
+
+class RecordingEngine(FakeEngine):
+    def __init__(self, replies: list[str]) -> None:
+        super().__init__(replies)
+        self.prompts: list[PromptInput] = []
+
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
+        self.prompts.append(prompt)
+        return super().prepare(prompt)
+
+
+def raw(prompt: str, *, echo: bool = False, model: str = "gemma",
+        **sampling: object) -> ChatRequest:
+    return ChatRequest(model=model, messages=(), prompt=prompt, echo=echo,
+                       sampling=SamplingParams(**sampling))  # type: ignore[arg-type]
+
+
+def test_a_raw_prompt_reaches_the_engine_as_it_is() -> None:
+    engine = RecordingEngine([" return a + b\ndef sub"])
+    result = asyncio.run(service(engine).complete(raw("def add(a, b):", stop=("\ndef",))))
+    assert engine.prompts == [PromptInput((), raw="def add(a, b):")]
+    assert (result.text, result.finish_reason) == (" return a + b", FinishReason.STOP)
+    assert result.usage.prompt_tokens == 3 and result.tool_calls == ()
+
+
+def test_a_raw_prompt_offers_no_tools_even_to_a_tool_family() -> None:
+    engine = RecordingEngine(['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'])
+    result = asyncio.run(service(engine).complete(raw("x", model="qwen")))
+    assert result.tool_calls == () and result.text and result.text.startswith("<tool_call>")
+    assert engine.prompts[0].tools == () and engine.prompts[0].assistant_prefix == ""
+
+
+def test_echo_streams_the_prompt_first_and_counts_only_generated_tokens() -> None:
+    async def collect() -> list[object]:
+        return [e async for e in await service(FakeEngine([" b c"])).open_stream(
+            raw("a", echo=True, max_tokens=1))]
+
+    events = asyncio.run(collect())
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", " b"]
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and end.finish_reason is FinishReason.LENGTH
+    assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (1, 1)
+
+
+def test_a_raw_prompt_too_long_for_the_context_names_prompt() -> None:
+    tiny = ModelRef(id="tiny", source="tiny", context_length=8)
+    chat = ChatService(catalog=StaticCatalog({"tiny": tiny}), engine=FakeEngine(),
+                       clock=FixedClock(), ids=CountingIds())
+    with pytest.raises(ContextTooLong) as raised:
+        asyncio.run(chat.complete(raw("a b c d e", model="tiny", max_tokens=5)))
+    assert raised.value.param == "prompt"
+
+
+def test_a_raw_prompt_meets_the_sampling_checks() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        asyncio.run(service().complete(raw("x", logit_bias={10**6: 1.0})))
+    assert raised.value.param == "logit_bias"
