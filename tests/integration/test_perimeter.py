@@ -22,7 +22,8 @@ from tests.support.http import ConnectedTestClient
 KEY = "s3cret"
 CHAT = {"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}
 GEMMA_ENCODED = "/v1/models/mlx-community%2Fgemma-3-4b-it-4bit"
-PROTECTED = [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/gemma"),
+PROTECTED = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+             ("GET", "/v1/models"), ("GET", "/v1/models/gemma"),
              ("GET", GEMMA_ENCODED), ("GET", "/metrics")]
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -33,8 +34,9 @@ def client_for(**settings: Any) -> falcon.testing.TestClient:
 
 def send(client: falcon.testing.TestClient, method: str, path: str,
          headers: dict[str, str] | None = None, **kwargs: Any) -> falcon.testing.Result:
-    if method == "POST":
-        kwargs.setdefault("json", CHAT)
+    if method == "POST":  # a body each route takes (a legacy completion's: CHAT's model, a prompt)
+        kwargs.setdefault("json", {"model": "gemma", "prompt": "hi"}
+                          if path.rstrip("/").endswith("/v1/completions") else CHAT)
     return client.simulate_request(method, path, headers=headers, **kwargs)
 
 
