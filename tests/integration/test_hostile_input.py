@@ -23,7 +23,7 @@ from tests.support.http import ConnectedTestClient
 
 EXAMPLES = 400
 PATHS = ["/v1/chat/completions", "//v1/chat/completions", "/v1/models", "/v1/models/gemma",
-         "/v1/models/%00", "/health", "/metrics", "/v1/nope"]
+         "/v1/models/%00", "/health", "/metrics", "/v1/nope", "/v1/completions"]
 JSON_TYPES = ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"]
 NASTY_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
                "application/json; charset=latin-1", "", "application/jsonx", "*/*"]
@@ -130,6 +130,33 @@ def test_no_request_gets_a_server_fault(client: falcon.testing.TestClient, path:
 @given(body=spliced())
 def test_hostile_fields_in_a_chat_request(client: falcon.testing.TestClient, body: bytes) -> None:
     result = client.simulate_post("/v1/chat/completions", body=body, host="localhost",
+                                  headers={"content-type": "application/json"})
+    assert_not_a_server_fault(result)
+    assert_still_serving(client)
+
+
+COMPLETION_FIELDS = ["model", "prompt", "stream", "stream_options", "max_tokens", "temperature",
+                     "top_p", "top_k", "min_p", "seed", "n", "best_of", "stop", "logit_bias",
+                     "logprobs", "echo", "suffix", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty", "user"]
+
+
+@st.composite
+def spliced_completion(draw: st.DrawFn) -> bytes:
+    """An ordinary legacy completion request with one or two fields replaced by hostile JSON."""
+    body: dict[str, Any] = {"model": "gemma", "prompt": "hello there", "max_tokens": 3,
+                            "stream": draw(st.booleans())}
+    for field in draw(st.lists(st.sampled_from(COMPLETION_FIELDS), min_size=1, max_size=2)):
+        body[field] = draw(any_json | st.sampled_from(NASTY_STRINGS))
+    return json.dumps(body).encode()
+
+
+@settings(max_examples=EXAMPLES // 4, suppress_health_check=[HealthCheck.too_slow,
+                                                             HealthCheck.function_scoped_fixture])
+@given(body=spliced_completion())
+def test_hostile_fields_in_a_completion_request(client: falcon.testing.TestClient,
+                                                body: bytes) -> None:
+    result = client.simulate_post("/v1/completions", body=body, host="localhost",
                                   headers={"content-type": "application/json"})
     assert_not_a_server_fault(result)
     assert_still_serving(client)
