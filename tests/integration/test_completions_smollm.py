@@ -76,3 +76,21 @@ def test_streamed_logprobs_and_echo_on_the_real_model(client: falcon.testing.Tes
         assert top[token] == pytest.approx(max(top.values()))  # greedy: the most likely
     echoed = post(client, "/v1/completions", prompt=PROMPT, max_tokens=2, temperature=0, echo=True)
     assert echoed["choices"][0]["text"] == PROMPT + done["choices"][0]["text"]
+
+
+def test_a_raw_prompt_gets_the_bos_a_gemma_template_would_have_written(tiny_gemma3: Path) -> None:
+    # Gemma's chat template writes <bos> itself (so the chat path adds no special tokens); a
+    # raw prompt has no template, so the tokenizer's BOS goes in, once
+    from mlx_server.domain.ports import PromptInput
+
+    engine = MlxEngine(prefix_cache=False)
+    engine.load(ModelRef("tiny-gemma3", str(tiny_gemma3), "gemma3", 4096, vision=True))
+    try:
+        tokenizer = engine._processor.tokenizer  # type: ignore[attr-defined]
+        bos = tokenizer.bos_token_id
+        for text in (PROMPT, tokenizer.bos_token + PROMPT):
+            ids = engine.prepare(PromptInput((), raw=text)).payload["input_ids"][0].tolist()  # type: ignore[index]
+            assert ids[0] == bos and ids[1] != bos
+            assert ids == tokenizer.encode(PROMPT)
+    finally:
+        engine.unload()
