@@ -23,11 +23,9 @@ from ...domain.conversation import ChatRequest, SamplingParams
 from ...domain.errors import InvalidRequest
 from . import sse
 from .codec import usage_dto
-from .disconnect import ClientGone, while_connected
 from .dto import StreamOptionsDTO, make_converter
 from .json_body import read_json
-from .observability import served
-from .resources import CLIENT_CLOSED_REQUEST
+from .resources import answer
 from .validation import COMPLETION_UNSUPPORTED_PARAMETERS, RequestValidator
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for this API
@@ -190,15 +188,7 @@ class CompletionsResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = await read_json(req, self._max_body, self._body_timeout, self._codec.request)
         prompt = request.prompt or ""
-        try:
-            if not request.stream:
-                completion = await while_connected(req.scope, self._service.complete(request))
-                resp.media = self._codec.completion(served(req, completion), prompt)
-                return
-            events = await while_connected(req.scope, self._service.open_stream(request))
-        except ClientGone:  # its work was cancelled; nobody will read an answer
-            resp.status = CLIENT_CLOSED_REQUEST
-            return
-        resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        resp.sse = sse.render(served(req, events), request.include_usage,
-                              lambda start, usage: CompletionChunkWriter(start, usage, prompt))
+        await answer(req, resp, self._service, request,
+                     lambda completion: self._codec.completion(completion, prompt),
+                     lambda events: sse.render(events, request.include_usage, lambda start, usage:
+                                               CompletionChunkWriter(start, usage, prompt)))

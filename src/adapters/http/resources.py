@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import falcon
 import falcon.asgi
 
-from ...domain.chat import ChatService
+from ...domain.chat import ChatService, ChatStream
+from ...domain.completion import Completion
+from ...domain.conversation import ChatRequest
 from . import sse
 from .codec import ChatCodec
 from .disconnect import ClientGone, while_connected
@@ -15,6 +18,25 @@ from .json_body import read_json
 from .observability import served
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left: in the access log and metrics
+
+
+async def answer(req: falcon.asgi.Request, resp: falcon.asgi.Response, service: ChatService,
+                 request: ChatRequest, whole: Callable[[Completion], Any],
+                 streamed: Callable[[ChatStream], AsyncIterator[falcon.asgi.SSEvent]]) -> None:
+    """How every API answers a request of the chat use case, whatever its wire format: one JSON
+    body (`whole` renders the Completion), or an SSE stream (`streamed` renders the events);
+    noted for the access log; a client gone before the answer starts is 499."""
+    try:
+        if not request.stream:
+            completion = await while_connected(req.scope, service.complete(request))
+            resp.media = whole(served(req, completion))
+            return
+        events = await while_connected(req.scope, service.open_stream(request))
+    except ClientGone:  # its work was cancelled; nobody will read an answer
+        resp.status = CLIENT_CLOSED_REQUEST
+        return
+    resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    resp.sse = streamed(served(req, events))
 
 
 class HealthResource:
@@ -51,17 +73,8 @@ class ChatCompletionsResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = await read_json(req, self._max_body, self._body_timeout, self._codec.chat_request)
-        try:
-            if not request.stream:
-                completion = await while_connected(req.scope, self._service.complete(request))
-                resp.media = self._codec.completion(served(req, completion))
-                return
-            events = await while_connected(req.scope, self._service.open_stream(request))
-        except ClientGone:  # its work was cancelled; nobody will read an answer
-            resp.status = CLIENT_CLOSED_REQUEST
-            return
-        resp.set_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        resp.sse = sse.render(served(req, events), request.include_usage)
+        await answer(req, resp, self._service, request, self._codec.completion,
+                     lambda events: sse.render(events, request.include_usage))
 
 
 class SpecResource:
