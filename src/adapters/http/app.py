@@ -16,6 +16,8 @@ from . import errors
 from .codec import ChatCodec
 from .disconnect import DisconnectWatch
 from .errors import AsgiApp
+from .messages import MessagesResource
+from .messages_codec import MessagesCodec
 from .observability import MetricsResource, ObservabilityMiddleware
 from .perimeter import Perimeter
 from .resources import (
@@ -57,7 +59,8 @@ class Lifespan:
 def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                backend: Callable[[], Mapping[str, str]] = dict,
                metrics: PrometheusMetrics | None = None) -> DisconnectWatch:
-    codec = ChatCodec(yaml.safe_load(spec_text))
+    spec = yaml.safe_load(spec_text)
+    codec = ChatCodec(spec)
     middleware: list[Any] = [Lifespan(service)]
     if options.cors_origins:
         origins = "*" if "*" in options.cors_origins else list(options.cors_origins)
@@ -77,6 +80,10 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
     app.add_route("/v1/chat/completions",
                   ChatCompletionsResource(service, codec, options.max_body_bytes,
                                           body_timeout=options.body_timeout))
+    messages = MessagesResource(service, MessagesCodec(spec), options.max_body_bytes,
+                                body_timeout=options.body_timeout)
+    app.add_route("/v1/messages", messages)  # Anthropic's API
+    app.add_route("/v1/messages/count_tokens", messages, suffix="count")
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))

@@ -39,24 +39,28 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 class RequestValidator:
     """Checks a decoded JSON body against one schema of the OpenAPI document."""
 
-    def __init__(self, spec: Mapping[str, Any], schema_name: str) -> None:
+    def __init__(self, spec: Mapping[str, Any], schema_name: str, *,
+                 unsupported: Mapping[str, tuple[Any, ...]] = UNSUPPORTED_PARAMETERS,
+                 only_with: Mapping[str, tuple[str, Any]] = ONLY_WITH) -> None:
         schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
         self._validator = jsonschema.Draft202012Validator(schema)
+        self._unsupported, self._only_with = unsupported, only_with
 
     def validate(self, body: object) -> None:
         if not isinstance(body, dict):
             raise InvalidRequest(
                 f"The request body must be a JSON object, not {_json_type(body)}.",
                 code="invalid_type")
-        _refuse_unsupported(body)
-        _refuse_orphans(body)
+        _refuse_unsupported(body, self._unsupported)
+        _refuse_orphans(body, self._only_with)
         error = best_match(self._validator.iter_errors(body), key=_relevance)
         if error is not None:
             raise _to_domain(_specific(error))
 
 
-def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    for name, no_ops in UNSUPPORTED_PARAMETERS.items():
+def _refuse_unsupported(body: Mapping[str, Any],
+                        unsupported: Mapping[str, tuple[Any, ...]]) -> None:
+    for name, no_ops in unsupported.items():
         value = body.get(name)
         if value is not None and value not in no_ops:
             raise InvalidRequest(
@@ -64,8 +68,8 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
                 param=name, code="unsupported_parameter")
 
 
-def _refuse_orphans(body: Mapping[str, Any]) -> None:
-    for name, (needed, value) in ONLY_WITH.items():
+def _refuse_orphans(body: Mapping[str, Any], only_with: Mapping[str, tuple[str, Any]]) -> None:
+    for name, (needed, value) in only_with.items():
         if body.get(name) is not None and body.get(needed) != value:
             raise InvalidRequest(  # OpenAI's own words
                 f"The '{name}' parameter is only allowed when '{needed}' is enabled.", param=name,
