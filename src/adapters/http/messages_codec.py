@@ -39,6 +39,8 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "speed": ("standard",),
     "mcp_servers": ([],),
 }
+# what shapes a prompt: the fields of count_tokens' request that the translation reads
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "output_config")
 TOOL_ERROR_PREFIX = "Error: "  # a tool_result with is_error: the model reads that the call failed
 
 
@@ -54,8 +56,9 @@ class MessagesCodec:
         return to_request(body)
 
     def count_request(self, body: Any) -> ChatRequest:
+        """Only the fields count_tokens takes are read (the others are not validated there)."""
         self._count.validate(body)
-        return to_request(body)
+        return to_request({name: body[name] for name in COUNT_FIELDS if name in body})
 
 
 def to_request(body: Mapping[str, Any]) -> ChatRequest:
