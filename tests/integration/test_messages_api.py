@@ -294,3 +294,11 @@ def test_the_api_key_is_taken_as_x_api_key_or_bearer() -> None:
     # on every route: an Anthropic client may list models with its header
     assert client.simulate_get("/v1/models", headers={"x-api-key": "sekrit"}).status_code == 200
     assert client.simulate_get("/v1/models").json["error"]["code"] == "invalid_api_key"
+
+
+def test_a_family_stop_is_end_turn_not_a_stop_sequence() -> None:
+    """Gemma's own stop (a tool_output block it starts writing) ends the turn unnamed."""
+    result = post(client_for("Sure.\n```tool_output\n42\n```"), tools=[WEATHER],
+                  stop_sequences=["NEVER"])
+    assert result.json["content"] == [{"type": "text", "text": "Sure.\n"}]
+    assert (result.json["stop_reason"], result.json["stop_sequence"]) == ("end_turn", None)
