@@ -302,3 +302,19 @@ def test_a_family_stop_is_end_turn_not_a_stop_sequence() -> None:
                   stop_sequences=["NEVER"])
     assert result.json["content"] == [{"type": "text", "text": "Sure.\n"}]
     assert (result.json["stop_reason"], result.json["stop_sequence"]) == ("end_turn", None)
+
+
+def test_a_busy_server_is_529_overloaded_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlx_server.domain.chat import ChatService
+    from mlx_server.domain.errors import ServerBusy
+
+    async def busy(self: ChatService, request: object) -> None:
+        raise ServerBusy("The server is busy.")
+
+    monkeypatch.setattr(ChatService, "complete", busy)
+    client = client_for("hi")
+    result = post(client)
+    anthropic_error(result, 529, "overloaded_error")
+    assert int(result.headers["retry-after"]) > 0
+    chat = client.simulate_post("/v1/chat/completions", json={"model": "gemma", "messages": ASK})
+    assert chat.status_code == 503 and chat.json["error"]["code"] == "server_busy"
