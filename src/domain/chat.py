@@ -178,9 +178,28 @@ class ChatService:
                     return Completion(
                         id=start.id, created=start.created, model=start.model, text=reply.content,
                         finish_reason=event.finish_reason, usage=event.usage,
-                        tool_calls=reply.calls, ttft=start.ttft,
+                        tool_calls=reply.calls, ttft=start.ttft, stop_sequence=event.stop_sequence,
                         logprobs=tuple(logprobs) if request.sampling.logprobs else None)
         raise EngineFailure("generation ended without finishing")
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        """The prompt tokens `request` would take on its model, counted by the model's own
+        template and tokenizer (images included), with no generation: the model is made the
+        loaded one, queued like any request."""
+        _check_tools(request)
+        model = await asyncio.to_thread(self._admit, request)
+        plan = _decide(request, model) if model.settled else None
+        images = await self._load_images(request, model)
+        self.last_used = self.clock.now()
+
+        def count() -> int:
+            loaded = self._ensure_loaded(model)
+            decided = plan or _decide(request, loaded)
+            prompt = self.engine.prepare(PromptInput(decided.messages, decided.template_tools,
+                                                     images, decided.prefix))
+            return prompt.token_count
+
+        return await self.worker.call(count, model=model.id)
 
     def _admit(self, request: ChatRequest) -> ModelRef:
         """The model-independent sampling checks (a walk over a response_format schema is
@@ -255,7 +274,8 @@ class ChatService:
         steps: Iterable[GenerationStep], cancelled: Cancelled,
     ) -> Generator[StreamEvent, None, None]:
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
-                          model=model.id, ttft=ttft)
+                          model=model.id, ttft=ttft, prompt_tokens=prompt.token_count,
+                          cached_tokens=prompt.cached_tokens)
         decoding = self.clock.now()
         if run.echo:  # the prompt, returned in front of the reply (never a stop, never a call)
             yield TextDelta(run.echo)
@@ -273,8 +293,11 @@ class ChatService:
                                 cached_tokens=prompt.cached_tokens, completion_tokens=produced,
                                 ttft=ttft, decode_seconds=self.clock.now() - decoding)
         run.ended = True
+        matched = run.matcher.matched
+        stop_sequence = matched if reason is FinishReason.STOP and matched in run.user_stops \
+            else None
         yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
-                        rejected_calls=run.parser.rejected)
+                        rejected_calls=run.parser.rejected, stop_sequence=stop_sequence)
 
     def _completion_budget(
         self, prompt: PreparedPrompt, sampling: SamplingParams, model: ModelRef, param: str
@@ -298,6 +321,7 @@ class _Run:
 
     def __init__(self, plan: ToolPlan, new_id: Callable[[], str], stops: tuple[str, ...]) -> None:
         self.plan = plan
+        self.user_stops = frozenset(stops)  # the request's own: the ones a client may be told of
         self.matcher = StopMatcher((*stops, *plan.stops))
         self.parser: ToolCallStreamer = (plan.format.streamer(plan.tools, new_id) if plan.format
                                          else PlainText())

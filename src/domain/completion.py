@@ -64,6 +64,8 @@ class StreamStart:
     # token, on the service's clock: the one figure the metrics and the access log both report.
     # Known when the stream starts (it starts after the prefill), so a stream cut short has it
     ttft: float | None = None
+    prompt_tokens: int | None = None  # known once the prompt is prepared (Anthropic's message_start)
+    cached_tokens: int = 0
 
 
 @attrs.frozen
@@ -77,6 +79,9 @@ class StreamEnd:
     finish_reason: FinishReason
     usage: Usage
     rejected_calls: int = 0  # call blocks that did not parse or fit: returned as content
+    # which of the request's own stop sequences ended the reply (finish_reason stop), if one did:
+    # Anthropic's `stop_sequence`. A model family's own stops (end-of-turn markers) are not named
+    stop_sequence: str | None = None
 
 
 StreamEvent = StreamStart | TextDelta | CallStarted | CallArguments | StreamEnd
@@ -93,3 +98,4 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None  # None: not requested
     ttft: float | None = None  # as StreamStart.ttft
+    stop_sequence: str | None = None  # as StreamEnd.stop_sequence

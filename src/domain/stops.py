@@ -15,16 +15,19 @@ class StopMatcher:
     def __init__(self, stops: Iterable[str]) -> None:
         self._stops = tuple(stop for stop in stops if stop)
         self._held = ""
+        self.matched: str | None = None  # the stop sequence that ended generation, if one did
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit, whether a stop sequence was reached)."""
         if not self._stops:
             return text, False
         buffer = self._held + text
-        hits = [index for stop in self._stops if (index := buffer.find(stop)) >= 0]
+        hits = [(index, -len(stop), stop) for stop in self._stops
+                if (index := buffer.find(stop)) >= 0]
         if hits:
+            index, _, self.matched = min(hits)  # the earliest; at one place, the longest
             self._held = ""
-            return buffer[: min(hits)], True
+            return buffer[:index], True
         keep = self._longest_pending_prefix(buffer)
         self._held = buffer[len(buffer) - keep :]
         return buffer[: len(buffer) - keep], False

@@ -122,9 +122,11 @@ class GenerationWorker:
         def once(_: Cancelled) -> Generator[T, None, None]:
             yield fn()
 
-        async for result in self.run(once, model=model):
-            return result
-        raise RuntimeError("worker job ended without a result")  # pragma: no cover
+        # to the job's end, not just its one item: once this returns, the worker is idle again
+        results = [result async for result in self.run(once, model=model)]
+        if not results:  # pragma: no cover
+            raise RuntimeError("worker job ended without a result")
+        return results[0]
 
     def _enqueue(self, job: _Job) -> None:
         with self._wakeup:
@@ -161,9 +163,10 @@ class GenerationWorker:
             else:
                 self._running = True
                 try:
-                    self._serve(job)
+                    last = self._serve(job)
                 finally:
                     self._running = False
+                job.push(last)  # after the flag: whoever it wakes sees the worker idle
 
     def _next(self, jumps: int) -> tuple[_Job, bool] | None:
         with self._wakeup:
@@ -195,7 +198,9 @@ class GenerationWorker:
         self._dropped(job.model)
 
     @staticmethod
-    def _serve(job: _Job) -> None:
+    def _serve(job: _Job) -> tuple[str, Any]:
+        """Run a job, pushing its items; returns the message that ends it (done, or the error
+        for the awaiting coroutine to re-raise)."""
         try:
             with contextlib.closing(job.produce(job.cancelled.is_set)) as items:
                 for item in items:
@@ -203,6 +208,5 @@ class GenerationWorker:
                     if job.cancelled.is_set():
                         break
         except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
-            job.push((_ERROR, exc))
-        else:
-            job.push((_DONE, None))
+            return (_ERROR, exc)
+        return (_DONE, None)

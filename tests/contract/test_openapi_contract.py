@@ -2,7 +2,9 @@
 
 Hooks keep generated requests *valid or invalid exactly as generated* while steering valid ones to
 the interesting paths: the model is pinned to a served one (so 200s and streams happen, not only
-404s), completion lengths are kept small, a named tool_choice names a tool that was sent.
+404s), completion lengths are kept small, a named tool_choice names a tool that was sent. The same
+steering serves Anthropic's /v1/messages bodies (image sources, `{"type": "tool", "name"}`); their
+error envelope is declared on those paths in openapi.yaml, so the default checks read it there.
 """
 
 from __future__ import annotations
@@ -42,6 +44,27 @@ def steer_images(messages: Any) -> None:
                 image["url"] = TINY_PNG
 
 
+def steer_anthropic_images(messages: Any) -> None:
+    """Anthropic's image blocks, as `steer_images`: a base64 source's string data becomes a
+    decodable PNG, a url source with an http(s) URL string becomes that PNG as a base64 source
+    (a schema cannot say which bytes decode or which hosts answer); anything else stays as
+    generated."""
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else []:
+            source = block.get("source") if isinstance(block, dict) else None
+            if not isinstance(source, dict):
+                continue
+            if source.get("type") == "base64" and isinstance(source.get("data"), str):
+                source["data"] = TINY_PNG.split(",", 1)[1]
+            url = source.get("url")
+            if (source.get("type") == "url" and isinstance(url, str)
+                    and url.strip().lower().startswith(SERVED_SCHEMES[1:])):
+                source.clear()
+                source.update(type="base64", media_type="image/png",
+                              data=TINY_PNG.split(",", 1)[1])
+
+
 def steer_token_ids(body: dict[str, Any]) -> None:
     """Token ids and `top_k` must lie inside the served model's vocabulary, which no schema can
     state (it is the model's): integers the schema allows are mapped into the fake engine's."""
@@ -58,6 +81,7 @@ def steer_body(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
     steer_images(body.get("messages"))
+    steer_anthropic_images(body.get("messages"))
     if isinstance(body.get("model"), str) and body["model"]:
         body["model"] = "gemma"
     for key in ("max_tokens", "max_completion_tokens"):
@@ -71,6 +95,9 @@ def steer_body(body: Any) -> Any:
         name = first.get("function", {}).get("name") if isinstance(first.get("function"), dict) else None
         if isinstance(name, str) and isinstance(choice.get("function"), dict):
             choice["function"]["name"] = name
+        # Anthropic's {"type": "tool", "name": ...} names a tool that was sent, the same way
+        if isinstance(first.get("name"), str) and isinstance(choice.get("name"), str):
+            choice["name"] = first["name"]
     return body
 
 
@@ -130,3 +157,5 @@ def test_every_generated_case_passes_every_default_check() -> None:
     streamed_ok = statuses[("POST /v1/chat/completions", 200)]
     assert streamed_ok > 50 and statuses[("GET /v1/models/{model}", 200)] > 0
     assert statuses[("POST /v1/completions", 200)] > 50
+    assert statuses[("POST /v1/messages", 200)] > 50
+    assert statuses[("POST /v1/messages/count_tokens", 200)] > 0

@@ -130,3 +130,52 @@ def test_completions_refused_fields_are_400_naming_them(client: falcon.testing.T
     assert result.status_code == 400
     assert (result.json["error"]["code"], result.json["error"]["param"]) == (
         "unsupported_parameter", name)
+
+
+# -- Anthropic's Messages API (/v1/messages) ------------------------------------------------------
+
+MESSAGE_PROPERTIES = SCHEMAS["CreateMessageRequest"]["properties"]
+MESSAGE_FATES = fates("### Anthropic Messages")
+MESSAGE_BASE: dict[str, Any] = {"model": "gemma", "max_tokens": 16,
+                                "messages": [{"role": "user", "content": "hi there"}]}
+MESSAGE_ACCEPTED: dict[str, Any] = {
+    "model": "qwen", "messages": MESSAGE_BASE["messages"], "max_tokens": 5,
+    "system": [{"type": "text", "text": "Be brief."}], "stop_sequences": ["zzz"],
+    "stream": False, "temperature": 0.5, "top_p": 0.9, "top_k": 5,
+    "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"},
+    "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    "metadata": {"user_id": "u-1"}, "cache_control": {"type": "ephemeral"},
+    "service_tier": "standard_only"}
+MESSAGE_REFUSED: dict[str, Any] = {
+    "thinking": {"type": "enabled", "budget_tokens": 1024}, "speed": "fast",
+    "container": "c-1", "inference_geo": "us", "diagnostics": {}, "mcp_servers": [{"name": "x"}]}
+
+
+def test_every_messages_property_has_a_fate_in_the_readme() -> None:
+    assert sorted(MESSAGE_FATES) == sorted(MESSAGE_PROPERTIES)
+    assert sorted(MESSAGE_ACCEPTED) == sorted(
+        n for n, fate in MESSAGE_FATES.items() if fate != "refused")
+    assert sorted(MESSAGE_REFUSED) == sorted(
+        n for n, fate in MESSAGE_FATES.items() if fate == "refused")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in MESSAGE_FATES.items() if f != "refused"))
+def test_messages_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestClient,
+                                                            name: str) -> None:
+    body = {**MESSAGE_BASE, name: MESSAGE_ACCEPTED[name]}
+    if name == "tool_choice":
+        body["tools"] = MESSAGE_ACCEPTED["tools"]
+    result = client.simulate_post("/v1/messages", json=body)
+    assert result.status_code == 200, result.text
+    if MESSAGE_FATES[name] == "metadata":
+        plain = client.simulate_post("/v1/messages", json=MESSAGE_BASE).json
+        assert result.json["content"] == plain["content"]
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGE_REFUSED))
+def test_messages_refused_fields_are_400_naming_them(client: falcon.testing.TestClient,
+                                                     name: str) -> None:
+    result = client.simulate_post("/v1/messages", json={**MESSAGE_BASE, name: MESSAGE_REFUSED[name]})
+    assert result.status_code == 400
+    assert result.json["error"]["type"] == "invalid_request_error"
+    assert f"'{name}'" in result.json["error"]["message"]

@@ -41,3 +41,14 @@ def test_holds_back_only_a_possible_stop_start(pieces: list[str], stop: list[str
 def test_stop_text_is_not_returned_and_split_tokens_match() -> None:
     assert run(["Hello", " wor", "ld!", " more"], ["world"]) == ("Hello ", True)
     assert run(["a<", "b"], ["<|end|>"]) == ("a<b", False)
+
+
+def test_the_matcher_names_the_stop_that_matched() -> None:
+    matcher = StopMatcher(["END", "STOP", "ST"])
+    assert matcher.matched is None
+    assert matcher.feed("one S") == ("one ", False) and matcher.matched is None
+    # "ST" and "STOP" both start at the same place: the earliest match is cut, the longest named
+    assert matcher.feed("TOP two END") == ("", True)
+    assert matcher.matched == "STOP"
+    earlier = StopMatcher(["two", "one"])
+    assert earlier.feed("zero one two") == ("zero ", True) and earlier.matched == "one"

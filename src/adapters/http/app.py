@@ -17,6 +17,8 @@ from .codec import ChatCodec
 from .completions import CompletionCodec, CompletionsResource
 from .disconnect import DisconnectWatch
 from .errors import AsgiApp
+from .messages import MessagesResource
+from .messages_codec import MessagesCodec
 from .observability import MetricsResource, ObservabilityMiddleware
 from .perimeter import Perimeter
 from .resources import (
@@ -82,6 +84,10 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
     app.add_route("/v1/completions",
                   CompletionsResource(service, CompletionCodec(spec), options.max_body_bytes,
                                       body_timeout=options.body_timeout))
+    messages = MessagesResource(service, MessagesCodec(spec), options.max_body_bytes,
+                                body_timeout=options.body_timeout)
+    app.add_route("/v1/messages", messages)  # Anthropic's API
+    app.add_route("/v1/messages/count_tokens", messages, suffix="count")
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))

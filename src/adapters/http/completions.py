@@ -63,7 +63,7 @@ class CompletionCodec:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.converter = make_converter()
         self._validator = RequestValidator(spec, "CreateCompletionRequest",
-                                           COMPLETION_UNSUPPORTED_PARAMETERS)
+                                           unsupported=COMPLETION_UNSUPPORTED_PARAMETERS)
 
     def request(self, body: object) -> ChatRequest:
         if isinstance(body, dict):

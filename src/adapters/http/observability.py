@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ...domain.completion import Usage
 from ...domain.errors import RETRY_AFTER
 from ..metrics import PrometheusMetrics
-from .errors import envelope
+from .errors import error_body
 
 access_log = logging.getLogger("mlx_server.access")
 REQUEST_ID = "X-Request-ID"
@@ -122,8 +122,8 @@ class ObservabilityMiddleware:
         resp.set_header(REQUEST_ID, req.context.request_id)
         if self.gate.draining and req.path.startswith("/v1/"):
             resp.status = 503
-            resp.media = envelope("The server is shutting down and takes no new requests. "
-                                  "Retry shortly.", 503, code="server_shutting_down")
+            resp.media = error_body(req, "The server is shutting down and takes no new requests. "
+                                    "Retry shortly.", 503, code="server_shutting_down")
             resp.set_header("Retry-After", str(RETRY_AFTER))
             resp.complete = True
 

@@ -1,5 +1,7 @@
-"""Optional API key: with `--api-key`, every path needs `Authorization: Bearer KEY` except a short
-list of open ones.
+"""Optional API key: with `--api-key`, every path needs `Authorization: Bearer KEY` (OpenAI's
+clients) or `x-api-key: KEY` (Anthropic's) except a short list of open ones. Both headers are
+taken on every route: one key, one check, and a client of either family may call any route
+(Anthropic's SDK lists models too); a route-by-route rule would be one more list to keep right.
 
 Default-deny, because a check that lists what it protects ("/v1/...") misses every other spelling
 the router also accepts (`//v1/...`) and every route added later. The open list is compared on the
@@ -49,12 +51,21 @@ class ApiKeyAuth:
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if normalised(req.path) in self._open or _is_preflight(req):
             return
-        token = bearer_token(req.get_header("Authorization"))
-        if token is None or not hmac.compare_digest(_digest(token), self._expected):
+        tokens = [token for token in (bearer_token(req.get_header("Authorization")),
+                                      _plain(req.get_header("X-Api-Key"))) if token is not None]
+        # every key sent must be right: a wrong one is never excused by a right one beside it
+        if not tokens or not all(hmac.compare_digest(_digest(token), self._expected)
+                                 for token in tokens):
             raise falcon.HTTPUnauthorized(
                 title="invalid_api_key", challenges=["Bearer"],
-                description="Incorrect or missing API key: send 'Authorization: Bearer <key>' with "
-                            "the key the server was started with (--api-key).")
+                description="Incorrect or missing API key: send 'Authorization: Bearer <key>' (or "
+                            "'x-api-key: <key>') with the key the server was started with "
+                            "(--api-key).")
+
+
+def _plain(header: str | None) -> str | None:
+    """The key in `x-api-key: KEY`, None when absent or blank."""
+    return header.strip() or None if header is not None else None
 
 
 def _is_preflight(req: falcon.asgi.Request) -> bool:

@@ -42,11 +42,12 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 class RequestValidator:
     """Checks a decoded JSON body against one schema of the OpenAPI document."""
 
-    def __init__(self, spec: Mapping[str, Any], schema_name: str,
-                 unsupported: Mapping[str, tuple[Any, ...]] = UNSUPPORTED_PARAMETERS) -> None:
+    def __init__(self, spec: Mapping[str, Any], schema_name: str, *,
+                 unsupported: Mapping[str, tuple[Any, ...]] = UNSUPPORTED_PARAMETERS,
+                 only_with: Mapping[str, tuple[str, Any]] = ONLY_WITH) -> None:
         schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
         self._validator = jsonschema.Draft202012Validator(schema)
-        self._unsupported = unsupported  # this schema's table of refused parameters
+        self._unsupported, self._only_with = unsupported, only_with
 
     def validate(self, body: object) -> None:
         if not isinstance(body, dict):
@@ -54,7 +55,7 @@ class RequestValidator:
                 f"The request body must be a JSON object, not {_json_type(body)}.",
                 code="invalid_type")
         _refuse_unsupported(body, self._unsupported)
-        _refuse_orphans(body)
+        _refuse_orphans(body, self._only_with)
         error = best_match(self._validator.iter_errors(body), key=_relevance)
         if error is not None:
             raise _to_domain(_specific(error))
@@ -70,8 +71,8 @@ def _refuse_unsupported(body: Mapping[str, Any],
                 param=name, code="unsupported_parameter")
 
 
-def _refuse_orphans(body: Mapping[str, Any]) -> None:
-    for name, (needed, value) in ONLY_WITH.items():
+def _refuse_orphans(body: Mapping[str, Any], only_with: Mapping[str, tuple[str, Any]]) -> None:
+    for name, (needed, value) in only_with.items():
         if body.get(name) is not None and body.get(needed) != value:
             raise InvalidRequest(  # OpenAI's own words
                 f"The '{name}' parameter is only allowed when '{needed}' is enabled.", param=name,

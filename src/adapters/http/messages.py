@@ -1,0 +1,148 @@
+"""Anthropic's Messages API: `POST /v1/messages` (streamed and not) and
+`POST /v1/messages/count_tokens`, over the same chat use case as /v1/chat/completions.
+
+A stream is Anthropic's event sequence: `message_start`, `ping`, then per content block
+`content_block_start` / `content_block_delta` (`text_delta`, or `input_json_delta` for a tool's
+input) / `content_block_stop`, then `message_delta` (stop reason, stop sequence, usage) and
+`message_stop`. An error after the status line is one `error` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import falcon
+import falcon.asgi
+
+from ...domain.chat import ChatService, ChatStream
+from ...domain.completion import StreamEnd, StreamStart, TextDelta, Usage
+from ...domain.errors import DomainError, EngineFailure
+from ...domain.tool_types import CallArguments, CallStarted
+from .disconnect import ClientGone, while_connected
+from .errors import anthropic_envelope, status_of
+from .json_body import read_json
+from .messages_codec import MessagesCodec, message_id, message_json, stop_reason, usage_json
+from .resources import CLIENT_CLOSED_REQUEST, answer
+from .sse import RenderedEvent
+
+log = logging.getLogger(__name__)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def sse_event(name: str, data: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
+
+
+class EventWriter:
+    """Anthropic's events for one message: knows which content block is open."""
+
+    def __init__(self) -> None:
+        self._index = -1  # the last block started
+        self._open: str | None = None  # "text" or "tool_use" while a block is open
+
+    def start(self, event: StreamStart) -> bytes:
+        usage = usage_json(Usage(event.prompt_tokens or 0, 0, event.cached_tokens))
+        message: dict[str, object] = {
+            "id": message_id(event.id), "type": "message", "role": "assistant",
+            "model": event.model, "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": usage}
+        return (sse_event("message_start", {"type": "message_start", "message": message})
+                + sse_event("ping", {"type": "ping"}))
+
+    def text(self, event: TextDelta) -> bytes:
+        if not event.text:  # log probabilities only: Anthropic's API has none
+            return b""
+        out = b""
+        if self._open != "text":
+            out += self._begin("text", {"type": "text", "text": ""})
+        return out + self._delta({"type": "text_delta", "text": event.text})
+
+    def call_started(self, event: CallStarted) -> bytes:
+        return self._begin("tool_use", {"type": "tool_use", "id": event.id, "name": event.name,
+                                        "input": {}})
+
+    def call_arguments(self, event: CallArguments) -> bytes:
+        return self._delta({"type": "input_json_delta", "partial_json": event.text})
+
+    def end(self, event: StreamEnd) -> bytes:
+        delta = {"stop_reason": stop_reason(event.finish_reason, event.stop_sequence),
+                 "stop_sequence": event.stop_sequence}
+        return (self._close() + sse_event("message_delta", {
+            "type": "message_delta", "delta": delta, "usage": usage_json(event.usage)})
+            + sse_event("message_stop", {"type": "message_stop"}))
+
+    def _begin(self, kind: str, block: dict[str, object]) -> bytes:
+        out = self._close()
+        self._index += 1
+        self._open = kind
+        return out + sse_event("content_block_start", {
+            "type": "content_block_start", "index": self._index, "content_block": block})
+
+    def _delta(self, delta: dict[str, object]) -> bytes:
+        return sse_event("content_block_delta", {"type": "content_block_delta",
+                                                 "index": self._index, "delta": delta})
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+    def event(self, event: object) -> bytes:
+        if isinstance(event, TextDelta):
+            return self.text(event)
+        if isinstance(event, CallStarted):
+            return self.call_started(event)
+        if isinstance(event, CallArguments):
+            return self.call_arguments(event)
+        return self.end(event) if isinstance(event, StreamEnd) else b""
+
+
+async def render(events: ChatStream) -> AsyncIterator[falcon.asgi.SSEvent]:
+    """Anthropic's events for `events`. Closing this generator (a client that left) closes
+    `events`, which stops the generation."""
+    writer = EventWriter()
+    try:
+        async for event in events:
+            chunk = writer.start(event) if isinstance(event, StreamStart) else writer.event(event)
+            if chunk:
+                yield RenderedEvent(chunk)
+    except DomainError as error:
+        yield RenderedEvent(_error_event(error))
+    except Exception as error:  # the status line is gone
+        log.exception("stream failed")
+        yield RenderedEvent(_error_event(EngineFailure(f"Generation failed: {error}")))
+    finally:
+        await events.aclose()
+
+
+def _error_event(error: DomainError) -> bytes:
+    return sse_event("error", anthropic_envelope(error.message, status_of(error)))
+
+
+class MessagesResource:
+    """`POST /v1/messages` and (suffix `count`) `POST /v1/messages/count_tokens`. Query
+    parameters (Claude Code's `?beta=true`) and the `anthropic-version` / `anthropic-beta`
+    headers are accepted whatever they say, or missing: the body alone decides."""
+
+    def __init__(self, service: ChatService, codec: MessagesCodec, max_body_bytes: int,
+                 body_timeout: float) -> None:
+        self._service, self._codec = service, codec
+        self._max_body, self._body_timeout = max_body_bytes, body_timeout
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        request = await read_json(req, self._max_body, self._body_timeout,
+                                  self._codec.create_request)
+        await answer(req, resp, self._service, request, message_json, render)
+
+    async def on_post_count(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        request = await read_json(req, self._max_body, self._body_timeout,
+                                  self._codec.count_request)
+        try:
+            tokens = await while_connected(req.scope, self._service.count_tokens(request))
+        except ClientGone:
+            resp.status = CLIENT_CLOSED_REQUEST
+            return
+        resp.media = {"input_tokens": tokens}

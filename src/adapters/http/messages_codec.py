@@ -1,0 +1,217 @@
+"""Anthropic's Messages API on the wire <-> the domain's chat request and completion.
+
+The body is validated by openapi.yaml's `CreateMessageRequest` first (the schemas follow
+Anthropic's API reference and the `anthropic` SDK's types), so the translation below reads a
+shape it knows. Nothing here decides anything the chat endpoint does not: tools, images, stops
+and sampling all land on the same `ChatRequest`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...domain.completion import Completion, FinishReason, Usage
+from ...domain.conversation import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    ResponseFormat,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
+from .validation import RequestValidator
+
+# Anthropic request fields this server does not implement: accepted only at their no-op value
+# (openapi.yaml declares the same), else 400 naming them.
+UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
+    "thinking": ({"type": "disabled"},),
+    "container": (),
+    "inference_geo": (),
+    "diagnostics": (),
+    "speed": ("standard",),
+    "mcp_servers": ([],),
+}
+# what shapes a prompt: the fields of count_tokens' request that the translation reads
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "output_config")
+TOOL_ERROR_PREFIX = "Error: "  # a tool_result with is_error: the model reads that the call failed
+
+
+class MessagesCodec:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self._create = RequestValidator(spec, "CreateMessageRequest",
+                                        unsupported=UNSUPPORTED_PARAMETERS, only_with={})
+        self._count = RequestValidator(spec, "CountMessageTokensRequest",
+                                       unsupported=UNSUPPORTED_PARAMETERS, only_with={})
+
+    def create_request(self, body: Any) -> ChatRequest:
+        self._create.validate(body)
+        return to_request(body)
+
+    def count_request(self, body: Any) -> ChatRequest:
+        """Only the fields count_tokens takes are read (the others are not validated there)."""
+        self._count.validate(body)
+        return to_request({name: body[name] for name in COUNT_FIELDS if name in body})
+
+
+def to_request(body: Mapping[str, Any]) -> ChatRequest:
+    tools = tuple(ToolSpec(tool["name"], tool.get("description") or "", tool["input_schema"])
+                  for tool in body.get("tools") or ())
+    choice = body.get("tool_choice") or {}
+    return ChatRequest(
+        model=body["model"],
+        messages=to_messages(body.get("system"), body["messages"]),
+        sampling=SamplingParams(
+            temperature=body.get("temperature"), top_p=body.get("top_p"),
+            top_k=_integer(body.get("top_k")) or None, max_tokens=_integer(body.get("max_tokens")),
+            stop=tuple(body.get("stop_sequences") or ()),
+            response_format=_response_format(body.get("output_config"))),
+        tools=tools,
+        tool_choice=_tool_choice(choice, bool(tools)),
+        parallel_tool_calls=not choice.get("disable_parallel_tool_use", False),
+        stream=bool(body.get("stream")),
+    )
+
+
+def _integer(value: float | None) -> int | None:
+    """JSON Schema's integers include 7.0; the sampler wants an int."""
+    return None if value is None else int(value)
+
+
+def to_messages(system: str | Sequence[Mapping[str, Any]] | None,
+                messages: Sequence[Mapping[str, Any]]) -> tuple[Message, ...]:
+    """The conversation: one system message first (`system`, then the text of every
+    `role: "system"` message, as Claude Code sends them, in order), then the turns. A user turn's
+    `tool_result` blocks become tool messages, in place; its other blocks a user message."""
+    system_texts = [_text(system)] if system else []
+    turns: list[Message] = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            system_texts.append(_text(content))
+        elif role == "assistant":
+            turns.append(_assistant(content))
+        else:
+            turns.extend(_user(content))
+    head = (Message(Role.SYSTEM, (TextPart("\n\n".join(system_texts)),)),) if system_texts else ()
+    return head + tuple(turns)
+
+
+def _text(content: str | Sequence[Mapping[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(block["text"] for block in content if block.get("type") == "text")
+
+
+def _assistant(content: str | Sequence[Mapping[str, Any]]) -> Message:
+    if isinstance(content, str):
+        return Message(Role.ASSISTANT, (TextPart(content),))
+    parts: list[Part] = [TextPart(block["text"]) for block in content if block["type"] == "text"]
+    calls = tuple(ToolCall(block["id"], block["name"], json.dumps(block["input"]))
+                  for block in content if block["type"] == "tool_use")
+    return Message(Role.ASSISTANT, tuple(parts), tool_calls=calls)
+
+
+def _user(content: str | Sequence[Mapping[str, Any]]) -> list[Message]:
+    if isinstance(content, str):
+        return [Message(Role.USER, (TextPart(content),))]
+    out: list[Message] = []
+    parts: list[Part] = []
+    for block in content:
+        if block["type"] == "tool_result":
+            if parts:
+                out.append(Message(Role.USER, tuple(parts)))
+                parts = []
+            out.append(_tool_result(block))
+        elif block["type"] == "image":
+            parts.append(ImagePart(_image_url(block["source"])))
+        else:
+            parts.append(TextPart(block["text"]))
+    if parts:
+        out.append(Message(Role.USER, tuple(parts)))
+    return out
+
+
+def _tool_result(block: Mapping[str, Any]) -> Message:
+    content = block.get("content")
+    text = _text(content) if content is not None else ""
+    if block.get("is_error"):
+        text = TOOL_ERROR_PREFIX + text
+    return Message(Role.TOOL, (TextPart(text),), tool_call_id=block["tool_use_id"])
+
+
+def _image_url(source: Mapping[str, Any]) -> str:
+    """A base64 source as a data: URI, a url source as its URL: the same loader, limits and
+    address policy as the chat endpoint's image_url parts."""
+    if source["type"] == "base64":
+        return f"data:{source['media_type']};base64,{source['data']}"
+    return str(source["url"])
+
+
+def _tool_choice(choice: Mapping[str, Any], has_tools: bool) -> ToolChoice:
+    kind = choice.get("type")
+    if kind is None:
+        return ToolChoice(ToolChoiceMode.AUTO if has_tools else ToolChoiceMode.NONE)
+    if kind == "any":
+        return ToolChoice(ToolChoiceMode.REQUIRED)
+    if kind == "tool":
+        return ToolChoice(ToolChoiceMode.FUNCTION, choice["name"])
+    return ToolChoice(ToolChoiceMode(kind))  # auto, none
+
+
+def _response_format(config: Mapping[str, Any] | None) -> ResponseFormat | None:
+    output_format = (config or {}).get("format")
+    if not output_format:
+        return None
+    return ResponseFormat(output_format.get("schema") or None)
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+def message_id(completion_id: str) -> str:
+    """Anthropic's `msg_` id for the domain's completion id (same random part)."""
+    return "msg_" + completion_id.rsplit("-", 1)[-1]
+
+
+def stop_reason(finish_reason: FinishReason, stop_sequence: str | None) -> str:
+    if finish_reason is FinishReason.TOOL_CALLS:
+        return "tool_use"
+    if finish_reason is FinishReason.LENGTH:
+        return "max_tokens"
+    return "stop_sequence" if stop_sequence is not None else "end_turn"
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    """Anthropic's accounting: `input_tokens` are the prompt tokens *not* read from the prefix
+    cache; `cache_read_input_tokens` those that were; nothing is ever written at a price."""
+    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens,
+            "output_tokens": usage.completion_tokens,
+            "cache_read_input_tokens": usage.cached_tokens,
+            "cache_creation_input_tokens": 0}
+
+
+def tool_input(arguments: str) -> Any:
+    """A call's arguments (a JSON object as text: the domain checked it) as Anthropic's `input`."""
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+
+
+def message_json(completion: Completion) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if completion.text:
+        content.append({"type": "text", "text": completion.text})
+    content += [{"type": "tool_use", "id": call.id, "name": call.name,
+                 "input": tool_input(call.arguments)} for call in completion.tool_calls]
+    return {"id": message_id(completion.id), "type": "message", "role": "assistant",
+            "model": completion.model, "content": content,
+            "stop_reason": stop_reason(completion.finish_reason, completion.stop_sequence),
+            "stop_sequence": completion.stop_sequence, "usage": usage_json(completion.usage)}
