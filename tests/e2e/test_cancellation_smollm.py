@@ -77,13 +77,25 @@ def test_leaving_mid_prefill_stops_between_chunks(server: str, stream: bool) -> 
     print(f"prefilled {done} of {total} prompt tokens before stopping")
 
 
+def seconds_to_first_token(base: str, body: dict[str, Any]) -> float:
+    """How long `body`'s prefill takes on this machine now (streamed, one token)."""
+    started = time.monotonic()
+    with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=120,
+                      json={**body, "stream": True, "max_tokens": 1}) as response:
+        next(response.iter_lines())
+    return time.monotonic() - started
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_leaving_mid_decode_stops_within_a_step(server: str, stream: bool) -> None:
+    body = {"model": "smollm", "stream": stream, "max_tokens": 2000, "temperature": 0,
+            "logit_bias": NO_END,
+            "messages": [{"role": "user", "content": "Write a very long story about a fox."}]}
+    # leave well after the prefill, however loaded the machine is (a fixed 2 s was once not
+    # enough on a busy CI host: the cancel landed in the prefill); 2,000 tokens take minutes
+    after = max(2.0, 4 * seconds_to_first_token(server, body))
     before = cancellations(server).get("decode", 0)
-    send_and_leave(server, {"model": "smollm", "stream": stream, "max_tokens": 2000,
-                            "temperature": 0, "logit_bias": NO_END, "messages": [
-                                {"role": "user", "content": "Write a very long story about a fox."}]},
-                   after=2.0)  # the prefill takes a fraction of that; 2,000 tokens take minutes
+    send_and_leave(server, body, after=after)
     waited = next_answer_after_leaving(server)
     print(f"\ncancel mid-decode (stream={stream}) -> next answer: {waited:.2f} s")
     assert cancellations(server)["decode"] == before + 1
