@@ -10,7 +10,6 @@ input) / `content_block_stop`, then `message_delta` (stop reason, stop sequence,
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 
 import falcon
@@ -18,16 +17,16 @@ import falcon.asgi
 
 from ...domain.chat import ChatService, ChatStream
 from ...domain.completion import StreamEnd, StreamStart, TextDelta, Usage
-from ...domain.errors import DomainError, EngineFailure
+from ...domain.errors import DomainError
 from ...domain.tool_types import CallArguments, CallStarted
+from . import sse
 from .disconnect import ClientGone, while_connected
 from .errors import anthropic_envelope, status_of
 from .json_body import read_json
 from .messages_codec import MessagesCodec, message_id, message_json, stop_reason, usage_json
 from .resources import CLIENT_CLOSED_REQUEST, answer
-from .sse import RenderedEvent
+from .sse import EventDispatch
 
-log = logging.getLogger(__name__)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -35,14 +34,16 @@ def sse_event(name: str, data: dict[str, object]) -> bytes:
     return f"event: {name}\ndata: {_dumps(data)}\n\n".encode()
 
 
-class EventWriter:
+class EventWriter(EventDispatch):
     """Anthropic's events for one message: knows which content block is open."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: StreamStart) -> None:
+        self._start = start
         self._index = -1  # the last block started
         self._open: str | None = None  # "text" or "tool_use" while a block is open
 
-    def start(self, event: StreamStart) -> bytes:
+    def first(self) -> bytes:
+        event = self._start
         usage = usage_json(Usage(event.prompt_tokens or 0, 0, event.cached_tokens))
         message: dict[str, object] = {
             "id": message_id(event.id), "type": "message", "role": "assistant",
@@ -90,32 +91,12 @@ class EventWriter:
         self._open = None
         return sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
 
-    def event(self, event: object) -> bytes:
-        if isinstance(event, TextDelta):
-            return self.text(event)
-        if isinstance(event, CallStarted):
-            return self.call_started(event)
-        if isinstance(event, CallArguments):
-            return self.call_arguments(event)
-        return self.end(event) if isinstance(event, StreamEnd) else b""
 
-
-async def render(events: ChatStream) -> AsyncIterator[falcon.asgi.SSEvent]:
-    """Anthropic's events for `events`. Closing this generator (a client that left) closes
-    `events`, which stops the generation."""
-    writer = EventWriter()
-    try:
-        async for event in events:
-            chunk = writer.start(event) if isinstance(event, StreamStart) else writer.event(event)
-            if chunk:
-                yield RenderedEvent(chunk)
-    except DomainError as error:
-        yield RenderedEvent(_error_event(error))
-    except Exception as error:  # the status line is gone
-        log.exception("stream failed")
-        yield RenderedEvent(_error_event(EngineFailure(f"Generation failed: {error}")))
-    finally:
-        await events.aclose()
+def render(events: ChatStream) -> AsyncIterator[falcon.asgi.SSEvent]:
+    """Anthropic's events for `events`: no `[DONE]`, a late error as an `error` event. Closing
+    it (a client that left) closes `events`, which stops the generation."""
+    return sse.render(events, False, lambda start, _: EventWriter(start), done=b"",
+                      error_event=_error_event)
 
 
 def _error_event(error: DomainError) -> bytes:

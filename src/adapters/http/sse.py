@@ -21,12 +21,38 @@ from .dto import make_converter
 from .errors import domain_envelope
 
 log = logging.getLogger(__name__)
-_DONE = b"data: [DONE]\n\n"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _converter = make_converter()
 
 
-class ChunkWriter:
+class EventDispatch:
+    """Routes each event after the start to the writer's method for its kind; an API renders
+    text, a call's start, a call's arguments and the end in its own format."""
+
+    def event(self, event: StreamEvent) -> bytes:
+        """The chunk(s) for any event after the start (text first: by far the most frequent)."""
+        if isinstance(event, TextDelta):
+            return self.text(event)
+        if isinstance(event, CallStarted):
+            return self.call_started(event)
+        if isinstance(event, CallArguments):
+            return self.call_arguments(event)
+        return self.end(event) if isinstance(event, StreamEnd) else b""
+
+    def text(self, event: TextDelta) -> bytes:
+        raise NotImplementedError
+
+    def call_started(self, event: CallStarted) -> bytes:
+        raise NotImplementedError
+
+    def call_arguments(self, event: CallArguments) -> bytes:
+        raise NotImplementedError
+
+    def end(self, event: StreamEnd) -> bytes:
+        raise NotImplementedError
+
+
+class ChunkWriter(EventDispatch):
     def __init__(self, start: StreamStart, include_usage: bool) -> None:
         self._head = (
             'data: {"id":' + _dumps(start.id) + ',"object":"chat.completion.chunk","created":'
@@ -56,16 +82,6 @@ class ChunkWriter:
     def call_arguments(self, event: CallArguments) -> bytes:
         return self.choice('{"tool_calls":[{"index":' + str(event.index)
                            + ',"function":{"arguments":' + _dumps(event.text) + "}}]}")
-
-    def event(self, event: StreamEvent) -> bytes:
-        """The chunk(s) for any event after the start (text first: by far the most frequent)."""
-        if isinstance(event, TextDelta):
-            return self.text(event)
-        if isinstance(event, CallStarted):
-            return self.call_started(event)
-        if isinstance(event, CallArguments):
-            return self.call_arguments(event)
-        return self.end(event) if isinstance(event, StreamEnd) else b""
 
     def end(self, event: StreamEnd) -> bytes:
         chunks = self.choice("{}", event.finish_reason.value)
@@ -100,11 +116,15 @@ class RenderedEvent(falcon.asgi.SSEvent):
 
 
 async def render(events: ChatStream, include_usage: bool,
-                 writer_for: Callable[[StreamStart, bool], Writer] = ChunkWriter,
+                 writer_for: Callable[[StreamStart, bool], Writer] = ChunkWriter, *,
+                 done: bytes = b"data: [DONE]\n\n",  # OpenAI's end of stream; b"": none
+                 error_event: Callable[[DomainError], bytes] | None = None,
                  ) -> AsyncIterator[falcon.asgi.SSEvent]:
-    """The chunks of `events` (chat's, or those `writer_for` makes), then [DONE]; an error after
-    the status line is reported in-band, as OpenAI does. Closing this generator (a client that
-    left) closes `events` at once, which stops the generation."""
+    """The chunks of `events` (chat's, or those `writer_for` makes), then `done`; an error after
+    the status line is reported in-band (`error_event`: OpenAI's envelope unless an API has its
+    own). Closing this generator (a client that left) closes `events` at once, which stops the
+    generation."""
+    error_event = error_event or _error_event
     writer: Writer | None = None
     try:
         async for event in events:
@@ -114,12 +134,13 @@ async def render(events: ChatStream, include_usage: bool,
                     yield RenderedEvent(first)
             elif writer is not None and (chunk := writer.event(event)):
                 yield RenderedEvent(chunk)
-        yield RenderedEvent(_DONE)
+        if done:
+            yield RenderedEvent(done)
     except DomainError as error:
-        yield RenderedEvent(_error_event(error))
+        yield RenderedEvent(error_event(error))
     except Exception as error:  # the status line is gone
         log.exception("stream failed")
-        yield RenderedEvent(_error_event(EngineFailure(f"Generation failed: {error}")))
+        yield RenderedEvent(error_event(EngineFailure(f"Generation failed: {error}")))
     finally:
         await events.aclose()
 
