@@ -206,3 +206,19 @@ def test_tool_call_arguments_nested_deep_inside_a_string_are_not_a_server_fault(
         {"role": "tool", "tool_call_id": "1", "content": "ok"}]
     result = post(client, body(model=model, messages=messages, tools=tools))
     assert result.status_code == 200, result.text
+
+
+@pytest.mark.parametrize("role", ["user", "system", "developer", "tool"])
+def test_tool_calls_on_a_message_that_is_not_the_assistants_is_400(
+        client: falcon.testing.TestClient, role: str) -> None:
+    """Declared in openapi.yaml (the contract's generator once sent one: it was schema-valid and
+    rejected by the converter). Only an assistant message carries calls; never silently dropped."""
+    message: dict[str, Any] = {"role": role, "content": "hi", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    if role == "tool":
+        message["tool_call_id"] = "c0"
+    result = client.simulate_post("/v1/chat/completions",
+                                  json={"model": "gemma", "messages": [message]})
+    assert result.status_code == 400
+    error = result.json["error"]
+    assert (error["param"], error["code"]) == ("messages[0].tool_calls", "unsupported_parameter")

@@ -132,6 +132,9 @@ def _to_domain(error: ValidationError) -> InvalidRequest:
         return InvalidRequest(f"'{given}' is only allowed when '{needed}' is specified.",
                               param=given, code="invalid_value")
     where = f"'{path}'" if path else "the request body"
+    if error.validator == "not" and error.validator_value == {}:  # a field refused where it is
+        return InvalidRequest(f"{where} is not allowed here (on this message's role).",
+                              param=path or None, code=error.schema.get(ERROR_CODE, "invalid_value"))
     if error.validator == "type":
         return InvalidRequest(
             f"Invalid type for {where}: expected {_expected(error.validator_value)}, "
