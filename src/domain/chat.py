@@ -149,14 +149,9 @@ class ChatService:
     async def open_stream(self, request: ChatRequest) -> ChatStream:
         """Start generating; errors before the first token (unknown model, prompt too long)
         raise here, so the caller can still answer with a proper status."""
-        _check_tools(request)
-        model = await asyncio.to_thread(self._admit, request)
-        # a settled model is decided on now, before anything loads; a guessed one once fetched
-        plan = _decide(request, model) if model.settled else None
-        images = await self._load_images(request, model)  # before queueing for the engine
-        self.last_used = self.clock.now()
+        admitted = await self._admitted(request)
         events = self.worker.run(lambda cancelled: _engine_faults(
-            self._generate(request, images, model, plan, cancelled)), model=model.id)
+            self._generate(admitted, cancelled)), model=admitted.model.id)
         return ChatStream(await anext(events), events)
 
     async def complete(self, request: ChatRequest) -> Completion:
@@ -186,20 +181,32 @@ class ChatService:
         """The prompt tokens `request` would take on its model, counted by the model's own
         template and tokenizer (images included), with no generation: the model is made the
         loaded one, queued like any request."""
+        admitted = await self._admitted(request)
+        return await self.worker.call(lambda: self._prepare(admitted)[2].token_count,
+                                      model=admitted.model.id)
+
+    async def _admitted(self, request: ChatRequest) -> _Admitted:
+        """Everything checked and fetched before a request queues for the engine: the tools
+        named, the sampling ranges, the model, what depends on its family (a settled model is
+        decided on now, before anything loads; a guessed one once fetched), the images."""
         _check_tools(request)
         model = await asyncio.to_thread(self._admit, request)
         plan = _decide(request, model) if model.settled else None
         images = await self._load_images(request, model)
         self.last_used = self.clock.now()
+        return _Admitted(request, model, plan, images)
 
-        def count() -> int:
-            loaded = self._ensure_loaded(model)
-            decided = plan or _decide(request, loaded)
-            prompt = self.engine.prepare(PromptInput(decided.messages, decided.template_tools,
-                                                     images, decided.prefix))
-            return prompt.token_count
-
-        return await self.worker.call(count, model=model.id)
+    def _prepare(self, admitted: _Admitted) -> tuple[ModelRef, ToolPlan, PreparedPrompt]:
+        """On the generation thread: the model loaded, the decision taken if it waited for the
+        fetched config, the token ids checked against it, the prompt rendered and counted."""
+        request = admitted.request
+        model = self._ensure_loaded(admitted.model)
+        plan = admitted.plan or _decide(request, model)
+        # token ids and counts against the model now loaded: MLX does not bounds-check them
+        check_token_ids(request.sampling, self.engine.vocab_size)
+        prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools,
+                                                 admitted.images, plan.prefix, raw=request.prompt))
+        return model, plan, prompt
 
     def _admit(self, request: ChatRequest) -> ModelRef:
         """The model-independent sampling checks (a walk over a response_format schema is
@@ -238,16 +245,10 @@ class ChatService:
             for task in tasks:
                 task.cancel()
 
-    def _generate(
-        self, request: ChatRequest, images: tuple[LoadedImage, ...], model: ModelRef,
-        plan: ToolPlan | None, cancelled: Cancelled,
-    ) -> Generator[StreamEvent, None, None]:
-        model = self._ensure_loaded(model)
-        plan = plan or _decide(request, model)  # the fetched model's config is known now
-        # token ids and counts against the model now loaded: MLX does not bounds-check them
-        check_token_ids(request.sampling, self.engine.vocab_size)
-        prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools, images,
-                                                 plan.prefix, raw=request.prompt))
+    def _generate(self, admitted: _Admitted,
+                  cancelled: Cancelled) -> Generator[StreamEvent, None, None]:
+        request = admitted.request
+        model, plan, prompt = self._prepare(admitted)
         params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
             prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"))
         run = _Run(plan, self.ids.tool_call_id, params.stop)
@@ -365,6 +366,16 @@ class _Run:
             self.calls += isinstance(event, CallStarted)
             yield event
             self.done = self.plan.single_call and isinstance(event, CallArguments)
+
+
+@attrs.frozen
+class _Admitted:
+    """A request past the checks that need no engine, with what they found."""
+
+    request: ChatRequest
+    model: ModelRef
+    plan: ToolPlan | None  # None: decided once the model's config is fetched
+    images: tuple[LoadedImage, ...]
 
 
 def generation_worker(engine: InferenceEngine, metrics: Metrics,

@@ -340,3 +340,21 @@ def test_one_trailing_slash_is_the_same_route_and_still_needs_the_key() -> None:
     assert_envelope(send(client, "POST", "/v1/chat/completions/"), 401, "invalid_api_key")
     assert send(client, "GET", "/v1/models/", headers=AUTH).status_code == 200
     assert send(client, "POST", "/v1/chat/completions/", headers=AUTH).status_code == 200
+
+
+MESSAGES = {"model": "gemma", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_no_spelling_of_an_anthropic_route_is_served_without_the_key(path: str) -> None:
+    """The same default-deny check as every route (Anthropic's clients send `x-api-key`); these
+    paths answer in Anthropic's envelope, the non-canonical ones in OpenAI's."""
+    client = client_for(api_key=KEY)
+    for key_header in (AUTH, {"x-api-key": KEY}):  # the route is really there, either way
+        assert send(client, "POST", path, key_header, json=MESSAGES).status_code == 200
+    for spelled in [path, *spellings(path)]:
+        for headers in (None, {"Authorization": "Bearer wrong"}, {"x-api-key": "wrong"},
+                        {"Authorization": KEY}):
+            answer = send(client, "POST", spelled, headers, json=MESSAGES)
+            assert answer.status_code in (401, 404), (spelled, headers, answer.status_code)
+            assert "error" in answer.json and answer.json["error"]["message"]

@@ -153,7 +153,6 @@ class CompletionChunkWriter:
         self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
         self._include_usage = include_usage
         self._offset = len(prompt)  # text_offset counts from the start of the prompt
-        self._converter = make_converter()
 
     def choice(self, text: str, finish_reason: str | None = None, logprobs: str = "null") -> bytes:
         reason = "null" if finish_reason is None else f'"{finish_reason}"'
@@ -172,10 +171,7 @@ class CompletionChunkWriter:
             return self.choice(event.text, logprobs=logprobs)
         if isinstance(event, StreamEnd):
             chunks = self.choice("", event.finish_reason.value)
-            if self._include_usage:
-                usage = _dumps(self._converter.unstructure(usage_dto(event.usage)))
-                chunks += (self._head + "[]" + ',"usage":' + usage + "}\n\n").encode()
-            return chunks
+            return chunks + (sse.usage_chunk(self._head, event) if self._include_usage else b"")
         return b""  # no tool calls on this API
 
 

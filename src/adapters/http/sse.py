@@ -85,10 +85,13 @@ class ChunkWriter(EventDispatch):
 
     def end(self, event: StreamEnd) -> bytes:
         chunks = self.choice("{}", event.finish_reason.value)
-        if self._include_usage:
-            usage = _dumps(_converter.unstructure(usage_dto(event.usage)))
-            chunks += (self._head + "[]" + ',"usage":' + usage + "}\n\n").encode()
-        return chunks
+        return chunks + (usage_chunk(self._head, event) if self._include_usage else b"")
+
+
+def usage_chunk(head: str, end: StreamEnd) -> bytes:
+    """OpenAI's last chunk with `stream_options.include_usage`: no choices, the usage."""
+    usage = _dumps(_converter.unstructure(usage_dto(end.usage)))
+    return (head + "[]" + ',"usage":' + usage + "}\n\n").encode()
 
 
 class Writer(Protocol):
