@@ -11,6 +11,8 @@ import falcon.asgi
 import yaml
 
 from ...domain.chat import ChatService
+from ...domain.ports import ResponseStore
+from ..response_store import MemoryResponseStore
 from ..metrics import PrometheusMetrics
 from . import errors
 from .codec import ChatCodec
@@ -21,6 +23,8 @@ from .messages import MessagesResource
 from .messages_codec import MessagesCodec
 from .observability import MetricsResource, ObservabilityMiddleware
 from .perimeter import Perimeter
+from .responses import ResponsesResource
+from .responses_codec import ResponsesCodec
 from .resources import (
     ChatCompletionsResource,
     HealthResource,
@@ -41,6 +45,9 @@ class HttpOptions:
     # Host names answered beyond loopback ones; None: any (see perimeter.allowed_hosts_for)
     allowed_hosts: tuple[str, ...] | None
     body_timeout: float  # seconds a request body may take to arrive whole
+    # the Responses API's store of responses: at most this many, of at most this many bytes
+    responses_max_count: int
+    responses_max_bytes: int
 
 
 class Lifespan:
@@ -59,8 +66,11 @@ class Lifespan:
 
 def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                backend: Callable[[], Mapping[str, str]] = dict,
-               metrics: PrometheusMetrics | None = None) -> DisconnectWatch:
+               metrics: PrometheusMetrics | None = None,
+               responses: ResponseStore | None = None) -> DisconnectWatch:
     spec = yaml.safe_load(spec_text)
+    responses = responses or MemoryResponseStore(options.responses_max_count,
+                                                 options.responses_max_bytes)
     codec = ChatCodec(spec)
     middleware: list[Any] = [Lifespan(service)]
     if options.cors_origins:
@@ -88,6 +98,10 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                                 body_timeout=options.body_timeout)
     app.add_route("/v1/messages", messages)  # Anthropic's API
     app.add_route("/v1/messages/count_tokens", messages, suffix="count")
+    responses_resource = ResponsesResource(service, ResponsesCodec(spec, responses), responses,
+                                           options.max_body_bytes, body_timeout=options.body_timeout)
+    app.add_route("/v1/responses", responses_resource)  # OpenAI's Responses API
+    app.add_route("/v1/responses/{response_id}", responses_resource, suffix="one")
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))
