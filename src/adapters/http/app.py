@@ -12,8 +12,8 @@ import yaml
 
 from ...domain.chat import ChatService
 from ...domain.ports import ResponseStore
-from ..response_store import MemoryResponseStore
 from ..metrics import PrometheusMetrics
+from ..response_store import MemoryResponseStore
 from . import errors
 from .codec import ChatCodec
 from .completions import CompletionCodec, CompletionsResource
@@ -23,14 +23,14 @@ from .messages import MessagesResource
 from .messages_codec import MessagesCodec
 from .observability import MetricsResource, ObservabilityMiddleware
 from .perimeter import Perimeter
-from .responses import ResponsesResource
-from .responses_codec import ResponsesCodec
 from .resources import (
     ChatCompletionsResource,
     HealthResource,
     ModelsResource,
     SpecResource,
 )
+from .responses import ResponsesResource
+from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
 
 
