@@ -29,7 +29,7 @@ from .resources import (
     ModelsResource,
     SpecResource,
 )
-from .responses import ResponsesResource
+from .responses import ResponsesResource, StoredResponseResource
 from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
 
@@ -98,10 +98,10 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                                 body_timeout=options.body_timeout)
     app.add_route("/v1/messages", messages)  # Anthropic's API
     app.add_route("/v1/messages/count_tokens", messages, suffix="count")
-    responses_resource = ResponsesResource(service, ResponsesCodec(spec, responses), responses,
-                                           options.max_body_bytes, body_timeout=options.body_timeout)
-    app.add_route("/v1/responses", responses_resource)  # OpenAI's Responses API
-    app.add_route("/v1/responses/{response_id}", responses_resource, suffix="one")
+    app.add_route("/v1/responses", ResponsesResource(  # OpenAI's Responses API
+        service, ResponsesCodec(spec, responses), responses, options.max_body_bytes,
+        body_timeout=options.body_timeout))
+    app.add_route("/v1/responses/{response_id}", StoredResponseResource(responses))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))

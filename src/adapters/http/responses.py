@@ -214,7 +214,7 @@ def whole(turn: ResponsesTurn, recorder: Recorder, completion: Completion) -> di
 
 
 class ResponsesResource:
-    """`POST /v1/responses`; (suffix `one`) `GET` and `DELETE /v1/responses/{response_id}`."""
+    """`POST /v1/responses`."""
 
     def __init__(self, service: ChatService, codec: ResponsesCodec, store: ResponseStore,
                  max_body_bytes: int, body_timeout: float) -> None:
@@ -228,16 +228,24 @@ class ResponsesResource:
                      lambda completion: whole(turn, recorder, completion),
                      lambda events: render(events, turn, recorder))
 
-    async def on_get_one(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                         response_id: str) -> None:
+
+class StoredResponseResource:
+    """`GET` and `DELETE /v1/responses/{response_id}` (a resource of its own: a POST there is
+    405, not a body to check)."""
+
+    def __init__(self, store: ResponseStore) -> None:
+        self._store = store
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     response_id: str) -> None:
         kept = self._store.get(response_id)
         if kept is None:
             raise _not_found(response_id)
         stored = await asyncio.to_thread(json.loads, kept)  # as large as the store allows
         resp.media = stored["response"]
 
-    async def on_delete_one(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                            response_id: str) -> None:
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                        response_id: str) -> None:
         if not self._store.delete(response_id):
             raise _not_found(response_id)
         resp.media = {"id": response_id, "object": "response.deleted", "deleted": True}
