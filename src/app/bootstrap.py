@@ -97,7 +97,9 @@ def build(settings: Settings, *, engine: InferenceEngine | None = None,
     options = HttpOptions(max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
                           metrics_auth=settings.metrics_auth, cors_origins=settings.cors_origins,
                           allowed_hosts=allowed_hosts_for(settings.host, settings.allowed_hosts),
-                          body_timeout=settings.body_timeout)
+                          body_timeout=settings.body_timeout,
+                          responses_max_count=settings.responses_max_count,
+                          responses_max_bytes=settings.responses_max_bytes)
     if settings.metrics_auth and not settings.api_key:
         log.warning("--metrics-auth has no effect without --api-key: /metrics stays open")
     return create_app(service, spec_text(), options, backend=backend, metrics=metrics)

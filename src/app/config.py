@@ -71,10 +71,17 @@ class Settings:
     header_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     body_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     log_level: str = "info"
+    # the Responses API's in-memory store (per process): the oldest responses go first
+    responses_max_count: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
+    responses_max_mb: float = attrs.field(default=64.0, validator=attrs.validators.ge(0))
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def responses_max_bytes(self) -> int:
+        return int(self.responses_max_mb * 1024 * 1024)
 
 
 # flag -> (Settings field, type, help); the default comes from Settings
@@ -105,6 +112,10 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--header-timeout", "header_timeout", float, "seconds a request's headers may take to arrive"),
     ("--body-timeout", "body_timeout", float, "seconds a request body may take to arrive (408)"),
     ("--log-level", "log_level", str, "|".join(LOG_LEVELS)),
+    ("--responses-max-count", "responses_max_count", int,
+     "responses kept in memory for GET /v1/responses/{id} and previous_response_id (0: none)"),
+    ("--responses-max-mb", "responses_max_mb", float,
+     "memory those kept responses may take; the oldest go first"),
 )
 _SWITCHES = (  # flag -> (Settings field, value when given, help)
     ("--allow-private-image-urls", "allow_private_image_urls", True,

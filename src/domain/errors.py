@@ -46,6 +46,12 @@ class ModelNotFound(DomainError):
     code = "model_not_found"
 
 
+class ResponseNotFound(DomainError):
+    """A stored response that is not (or no longer) kept: never stored, deleted or evicted."""
+
+    code = "response_not_found"
+
+
 class ModelUnavailable(DomainError):
     """The model exists but cannot be served now (not downloaded and offline, failed to load)."""
 

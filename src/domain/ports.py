@@ -106,6 +106,22 @@ class ModelCatalog(Protocol):
         """Whether `model` loads without any network access."""
 
 
+class ResponseStore(Protocol):
+    """Responses kept for retrieval and continuation (the Responses API's `store`): opaque
+    records under their ids, bounded in count and bytes, the oldest dropped first. Callable from
+    any thread (the event loop and the body decoders' worker threads)."""
+
+    def put(self, key: str, record: bytes) -> bool:
+        """Keep `record` under `key`, dropping the oldest records beyond the bounds. False when
+        the record alone is larger than the whole budget (it is then not kept)."""
+
+    def get(self, key: str) -> bytes | None:
+        """The record under `key`; None when never kept, deleted or dropped."""
+
+    def delete(self, key: str) -> bool:
+        """Drop the record under `key`; False when there was none."""
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the Unix epoch."""

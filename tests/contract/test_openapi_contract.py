@@ -65,6 +65,42 @@ def steer_anthropic_images(messages: Any) -> None:
                               data=TINY_PNG.split(",", 1)[1])
 
 
+def steer_response_items(items: Any) -> None:
+    """Responses' `input_image` parts, as `steer_images`: an image URL of a shape the server
+    takes gets bytes it can decode; anything else stays as generated."""
+    for item in items if isinstance(items, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else []:
+            url = part.get("image_url") if isinstance(part, dict) else None
+            if isinstance(url, str) and url.strip().lower().startswith(SERVED_SCHEMES):
+                part["image_url"] = TINY_PNG
+
+
+def steer_response_tools(body: dict[str, Any]) -> None:
+    """Responses' tools: a namespace member's name made unique among every tool's (no schema can
+    say that names differ across nested lists; the server refuses an ambiguous one), and a named
+    tool_choice naming the first function sent."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not isinstance(tools, list):
+        return
+    functions = [tool for tool in tools if isinstance(tool, dict) and tool.get("type") == "function"]
+    names = {tool["name"] for tool in functions if isinstance(tool.get("name"), str)}
+    for tool in tools:
+        members = tool.get("tools") if isinstance(tool, dict) and tool.get("type") == "namespace" \
+            else None
+        for member in members if isinstance(members, list) else []:
+            name = member.get("name") if isinstance(member, dict) else None
+            if isinstance(name, str):
+                while name in names:
+                    name = (name + "_")[-64:] if len(name) < 64 else name[1:] + "_"
+                member["name"] = name
+                names.add(name)
+                functions.append(member)
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str) and functions \
+            and isinstance(functions[0].get("name"), str) and "function" not in choice:
+        choice["name"] = functions[0]["name"]
+
+
 def steer_token_ids(body: dict[str, Any]) -> None:
     """Token ids and `top_k` must lie inside the served model's vocabulary, which no schema can
     state (it is the model's): integers the schema allows are mapped into the fake engine's."""
@@ -82,13 +118,15 @@ def steer_body(body: Any) -> Any:
         return body
     steer_images(body.get("messages"))
     steer_anthropic_images(body.get("messages"))
+    steer_response_items(body.get("input"))
     if isinstance(body.get("model"), str) and body["model"]:
         body["model"] = "gemma"
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)  # JSON Schema counts 7.0 as an integer
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 64:
             body[key] = 64
     steer_token_ids(body)
+    steer_response_tools(body)
     tools, choice = body.get("tools"), body.get("tool_choice")
     if isinstance(choice, dict) and isinstance(tools, list) and tools:
         first = tools[0] if isinstance(tools[0], dict) else {}
@@ -96,7 +134,8 @@ def steer_body(body: Any) -> Any:
         if isinstance(name, str) and isinstance(choice.get("function"), dict):
             choice["function"]["name"] = name
         # Anthropic's {"type": "tool", "name": ...} names a tool that was sent, the same way
-        if isinstance(first.get("name"), str) and isinstance(choice.get("name"), str):
+        if isinstance(first.get("name"), str) and isinstance(choice.get("name"), str) \
+                and first.get("type") != "namespace":
             choice["name"] = first["name"]
     return body
 
@@ -131,7 +170,8 @@ def describe(recorder: Any, case_id: str, check: Any) -> str:
     sent = getattr(getattr(interaction, "request", None), "body", None)
     got = getattr(getattr(interaction, "response", None), "content", b"")
     return (f"{check.name}: {failure.title} {(failure.message or '')[:300]}\n"
-            f"    sent: {str(sent)[:500]}\n    got: {got[:300]!r}")
+            f"    sent: {str(sent)[:int(os.environ.get('CONTRACT_SHOW', '500'))]}\n"
+            f"    got: {got[:300]!r}")
 
 
 @pytest.mark.slow
@@ -159,3 +199,4 @@ def test_every_generated_case_passes_every_default_check() -> None:
     assert statuses[("POST /v1/completions", 200)] > 50
     assert statuses[("POST /v1/messages", 200)] > 50
     assert statuses[("POST /v1/messages/count_tokens", 200)] > 0
+    assert statuses[("POST /v1/responses", 200)] > 50

@@ -179,3 +179,60 @@ def test_messages_refused_fields_are_400_naming_them(client: falcon.testing.Test
     assert result.status_code == 400
     assert result.json["error"]["type"] == "invalid_request_error"
     assert f"'{name}'" in result.json["error"]["message"]
+
+
+# -- OpenAI's Responses API (/v1/responses) -------------------------------------------------------
+
+RESPONSE_PROPERTIES = SCHEMAS["CreateResponseRequest"]["properties"]
+RESPONSE_FATES = fates("### OpenAI Responses")
+RESPONSE_BASE: dict[str, Any] = {"model": "gemma", "input": "hi there", "max_output_tokens": 16}
+RESPONSE_ACCEPTED: dict[str, Any] = {
+    "model": "qwen", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+    "instructions": "Be brief.", "previous_response_id": None, "max_output_tokens": 5,
+    "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+    "tool_choice": "auto", "parallel_tool_calls": False,
+    "text": {"format": {"type": "json_schema", "name": "o", "schema": {"type": "object"}}},
+    "temperature": 0.5, "top_p": 0.9, "stream": False, "store": False,
+    "metadata": {"k": "v"}, "user": "u-1", "safety_identifier": "s-1", "prompt_cache_key": "c-1",
+    "max_tool_calls": 3, "include": ["reasoning.encrypted_content"], "service_tier": "auto"}
+RESPONSE_REFUSED: dict[str, Any] = {
+    "reasoning": {"effort": "high"}, "background": True, "truncation": "auto",
+    "top_logprobs": 2, "stream_options": {"include_obfuscation": True},
+    "conversation": "conv_1", "prompt": {"id": "pmpt_1"}, "context_management": [{"type": "x"}],
+    "moderation": {"model": "m"}, "prompt_cache_retention": "24h"}
+
+
+def test_every_responses_property_has_a_fate_in_the_readme() -> None:
+    assert sorted(RESPONSE_FATES) == sorted(RESPONSE_PROPERTIES)
+    assert sorted(RESPONSE_ACCEPTED) == sorted(
+        n for n, fate in RESPONSE_FATES.items() if fate != "refused")
+    assert sorted(RESPONSE_REFUSED) == sorted(
+        n for n, fate in RESPONSE_FATES.items() if fate == "refused")
+
+
+def output_texts(body: dict[str, Any]) -> list[Any]:
+    """The output without its ids (they count up from request to request)."""
+    return [item.get("content") or item.get("arguments") for item in body["output"]]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in RESPONSE_FATES.items() if f != "refused"))
+def test_responses_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestClient,
+                                                             name: str) -> None:
+    body = {**RESPONSE_BASE, name: RESPONSE_ACCEPTED[name]}
+    if name == "previous_response_id":  # a stored one
+        body[name] = client.simulate_post("/v1/responses", json=RESPONSE_BASE).json["id"]
+    result = client.simulate_post("/v1/responses", json=body)
+    assert result.status_code == 200, result.text
+    if RESPONSE_FATES[name] == "metadata":
+        plain = client.simulate_post("/v1/responses", json=RESPONSE_BASE).json
+        assert output_texts(result.json) == output_texts(plain)
+
+
+@pytest.mark.parametrize("name", sorted(RESPONSE_REFUSED))
+def test_responses_refused_fields_are_400_naming_them(client: falcon.testing.TestClient,
+                                                      name: str) -> None:
+    result = client.simulate_post("/v1/responses",
+                                  json={**RESPONSE_BASE, name: RESPONSE_REFUSED[name]})
+    assert result.status_code == 400
+    assert result.json["error"]["code"] == "unsupported_parameter"
+    assert result.json["error"]["param"].split(".")[0] == name

@@ -358,3 +358,22 @@ def test_no_spelling_of_an_anthropic_route_is_served_without_the_key(path: str) 
             answer = send(client, "POST", spelled, headers, json=MESSAGES)
             assert answer.status_code in (401, 404), (spelled, headers, answer.status_code)
             assert "error" in answer.json and answer.json["error"]["message"]
+
+
+RESPONSES = {"model": "gemma", "max_output_tokens": 4, "input": "hi"}
+
+
+def test_no_spelling_of_a_responses_route_is_served_without_the_key() -> None:
+    """OpenAI's Responses routes, create, retrieve and delete: the same default-deny check."""
+    client = client_for(api_key=KEY)
+    created = send(client, "POST", "/v1/responses", AUTH, json=RESPONSES)
+    assert created.status_code == 200
+    one = f"/v1/responses/{created.json['id']}"
+    assert send(client, "GET", one, AUTH).status_code == 200
+    for method, path in (("POST", "/v1/responses"), ("GET", one), ("DELETE", one)):
+        for spelled in [path, *spellings(path)]:
+            for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+                answer = send(client, method, spelled, headers, json=RESPONSES)
+                assert answer.status_code in (401, 404), (spelled, headers, answer.status_code)
+                assert answer.json["error"]["message"]
+    assert send(client, "DELETE", one, AUTH).status_code == 200

@@ -11,7 +11,9 @@ import falcon.asgi
 import yaml
 
 from ...domain.chat import ChatService
+from ...domain.ports import ResponseStore
 from ..metrics import PrometheusMetrics
+from ..response_store import MemoryResponseStore
 from . import errors
 from .codec import ChatCodec
 from .completions import CompletionCodec, CompletionsResource
@@ -27,6 +29,8 @@ from .resources import (
     ModelsResource,
     SpecResource,
 )
+from .responses import ResponsesResource, StoredResponseResource
+from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
 
 
@@ -41,6 +45,9 @@ class HttpOptions:
     # Host names answered beyond loopback ones; None: any (see perimeter.allowed_hosts_for)
     allowed_hosts: tuple[str, ...] | None
     body_timeout: float  # seconds a request body may take to arrive whole
+    # the Responses API's store of responses: at most this many, of at most this many bytes
+    responses_max_count: int
+    responses_max_bytes: int
 
 
 class Lifespan:
@@ -59,8 +66,11 @@ class Lifespan:
 
 def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                backend: Callable[[], Mapping[str, str]] = dict,
-               metrics: PrometheusMetrics | None = None) -> DisconnectWatch:
+               metrics: PrometheusMetrics | None = None,
+               responses: ResponseStore | None = None) -> DisconnectWatch:
     spec = yaml.safe_load(spec_text)
+    responses = responses or MemoryResponseStore(options.responses_max_count,
+                                                 options.responses_max_bytes)
     codec = ChatCodec(spec)
     middleware: list[Any] = [Lifespan(service)]
     if options.cors_origins:
@@ -88,6 +98,10 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
                                 body_timeout=options.body_timeout)
     app.add_route("/v1/messages", messages)  # Anthropic's API
     app.add_route("/v1/messages/count_tokens", messages, suffix="count")
+    app.add_route("/v1/responses", ResponsesResource(  # OpenAI's Responses API
+        service, ResponsesCodec(spec, responses), responses, options.max_body_bytes,
+        body_timeout=options.body_timeout))
+    app.add_route("/v1/responses/{response_id}", StoredResponseResource(responses))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))

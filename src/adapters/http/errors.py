@@ -15,6 +15,7 @@ from ...domain.errors import (
     EngineFailure,
     ModelNotFound,
     ModelUnavailable,
+    ResponseNotFound,
     ServerBusy,
 )
 from .security import normalised
@@ -64,7 +65,7 @@ def status_on(req: falcon.asgi.Request, error: DomainError) -> int:
 
 
 def status_of(error: DomainError) -> int:
-    if isinstance(error, ModelNotFound):
+    if isinstance(error, ModelNotFound | ResponseNotFound):
         return 404
     if isinstance(error, ModelUnavailable | ServerBusy):
         return 503
