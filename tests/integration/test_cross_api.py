@@ -1,7 +1,8 @@
 """One domain under every API: for any raw model output, cut into any chunks, the final message of
-chat completions, Anthropic Messages (and, streamed or not, each of them) carries the same text,
-the same tool calls and the same stop reason. Parsing, stops and tool calls live below the
-adapters, so an API can only differ in how it spells the answer."""
+chat completions, Anthropic Messages and OpenAI Responses (each streamed or not) carries the same
+text, the same tool calls and the same stop reason. Parsing, stops and tool calls live below the
+adapters, so an API can only differ in how it spells the answer. The Responses API has no stop
+sequences: it is compared with the others on requests without them."""
 
 from __future__ import annotations
 
@@ -93,6 +94,12 @@ def _messages_body(model: str, stream: bool) -> dict[str, Any]:
                        "input_schema": TOOL["schema"]}]}
 
 
+def _responses_body(model: str, stream: bool) -> dict[str, Any]:
+    return {"model": model, "input": "hi", "stream": stream, "store": False,
+            "tools": [{"type": "function", "name": TOOL["name"],
+                       "description": TOOL["description"], "parameters": TOOL["schema"]}]}
+
+
 _CHAT_STOP = {"stop": "stop", "length": "length", "tool_calls": "tool_calls"}
 _MESSAGES_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls"}
@@ -144,6 +151,36 @@ def _messages_final(result: falcon.testing.Result, stream: bool) -> Final:
     return _blocks([blocks[i] for i in sorted(blocks)], reason)
 
 
+def _responses_final(result: falcon.testing.Result, stream: bool) -> Final:
+    if not stream:
+        return _items(result.json["output"], result.json["status"])
+    items: dict[int, dict[str, Any]] = {}
+    status = ""
+    for data in _sse_data(result.text):
+        event = json.loads(data)
+        kind = event["type"]
+        if kind == "response.output_item.added":
+            items[event["output_index"]] = dict(event["item"], text="", arguments="")
+        elif kind == "response.output_text.delta":
+            items[event["output_index"]]["text"] += event["delta"]
+        elif kind == "response.function_call_arguments.delta":
+            items[event["output_index"]]["arguments"] += event["delta"]
+        elif kind in ("response.completed", "response.incomplete"):
+            status = event["response"]["status"]
+    for item in items.values():
+        item["content"] = [{"type": "output_text", "text": item["text"]}]
+    return _items([items[i] for i in sorted(items)], status)
+
+
+def _items(output: list[dict[str, Any]], status: str) -> Final:
+    text = "".join(part["text"] for item in output if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+    calls = [(item["name"], json.loads(item["arguments"])) for item in output
+             if item["type"] == "function_call"]
+    reason = "tool_calls" if calls else {"completed": "stop", "incomplete": "length"}[status]
+    return text, calls, reason
+
+
 def _blocks(content: list[dict[str, Any]], stop_reason: str) -> Final:
     text = "".join(block["text"] for block in content if block["type"] == "text")
     calls = [(block["name"], block["input"]) for block in content if block["type"] == "tool_use"]
@@ -159,16 +196,26 @@ _CLIENT = ConnectedTestClient(build(Settings(engine="fake"), engine=_ENGINE, clo
                                     ids=CountingIds()))
 
 
-def _finals(model: str, chunks: list[str]) -> dict[str, Final]:
+_APIS = {"chat": ("/v1/chat/completions", _chat_body, _chat_final, "stop"),
+         "messages": ("/v1/messages", _messages_body, _messages_final, "stop_sequences"),
+         "responses": ("/v1/responses", _responses_body, _responses_final, None)}
+
+
+def _finals(model: str, chunks: list[str], stops: bool = True) -> dict[str, Final]:
+    """Each API's final answer (streamed and not) to the same output; with `stops`, the APIs that
+    take stop sequences with STOP among them, else every API with none."""
     _ENGINE.chunks = chunks
     out = {}
-    for stream in (False, True):
-        chat = _CLIENT.simulate_post("/v1/chat/completions", json=_chat_body(model, stream))
-        assert chat.status_code == 200, chat.text
-        out[f"chat stream={stream}"] = _chat_final(chat, stream)
-        messages = _CLIENT.simulate_post("/v1/messages", json=_messages_body(model, stream))
-        assert messages.status_code == 200, messages.text
-        out[f"messages stream={stream}"] = _messages_final(messages, stream)
+    for name, (path, body_for, final_of, stop_field) in _APIS.items():
+        if stops and stop_field is None:
+            continue
+        for stream in (False, True):
+            body = body_for(model, stream)
+            if not stops and stop_field is not None:
+                del body[stop_field]
+            result = _CLIENT.simulate_post(path, json=body)
+            assert result.status_code == 200, result.text
+            out[f"{name} stream={stream}"] = final_of(result, stream)
     return out
 
 
@@ -176,24 +223,26 @@ _SETTINGS = settings(max_examples=60, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 
 
-def _agree(finals: dict[str, Final]) -> None:
+def _agree(finals: dict[str, Final], stops: bool) -> None:
     first = next(iter(finals.values()))
     assert all(final == first for final in finals.values()), finals
     text, calls, reason = first
-    assert STOP not in text  # the stop sequence ends the answer and is never shown
+    assert not stops or STOP not in text  # a stop sequence ends the answer and is never shown
     assert (reason == "tool_calls") == bool(calls)
 
 
 @_SETTINGS
 @given(_chunked(_hermes))
 def test_every_api_reads_a_hermes_output_the_same_way(chunks: list[str]) -> None:
-    _agree(_finals("qwen", chunks))
+    for stops in (True, False):
+        _agree(_finals("qwen", chunks, stops), stops)
 
 
 @_SETTINGS
 @given(_chunked(_gemma))
 def test_every_api_reads_a_gemma_output_the_same_way(chunks: list[str]) -> None:
-    _agree(_finals("gemma", chunks))
+    for stops in (True, False):
+        _agree(_finals("gemma", chunks, stops), stops)
 
 
 def test_the_property_sees_calls_text_and_stops() -> None:
@@ -201,5 +250,12 @@ def test_the_property_sees_calls_text_and_stops() -> None:
     finals = _finals("qwen", ["Sure.", " " + _hermes("Paris")[:9], _hermes("Paris")[9:]])
     assert all(final[1:] == ([("get_weather", {"city": "Paris"})], "tool_calls")
                and final[0].strip() == "Sure." for final in finals.values()), finals
+    assert len(finals) == 4
+    finals = _finals("qwen", ["Sure.", " " + _hermes("Paris")[:9], _hermes("Paris")[9:]], False)
+    assert len(finals) == 6 and all(
+        final[1:] == ([("get_weather", {"city": "Paris"})], "tool_calls")
+        and final[0].strip() == "Sure." for final in finals.values()), finals
     finals = _finals("gemma", ["Hello wor", "ld", STOP[:2], STOP[2:], " never"])
     assert all(final == ("Hello world", [], "stop") for final in finals.values()), finals
+    finals = _finals("gemma", ["Hello wor", "ld", STOP[:2], STOP[2:], " never"], False)
+    assert all(final == ("Hello world<END> never", [], "stop") for final in finals.values())
