@@ -220,6 +220,8 @@ class ChatService:
                              thinking=None if markers is None else request.thinking is not False)
         prompt = self.engine.prepare(source)
         start = reply_start(prompt.tail, markers)
+        if start is Start.MAYBE and not prompt.thinking_switch:
+            start = Start.CLOSED  # a template without a thinking mode (Qwen3-VL Instruct)
         if markers is not None:
             _check_switch(model, request, start, prompt.thinking_switch)
             if start is Start.OPEN and plan.prefix:  # a forced start is answer: close the block
@@ -273,10 +275,10 @@ class ChatService:
         params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
             prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"))
         run = _Run(plan, self.ids.tool_call_id, params.stop)
-        if prepared.markers is not None:
+        if prepared.start is not Start.CLOSED or prompt.thinking_switch:  # a thinking template
             run.reasoning_tokens = 0
-            if prepared.start is not Start.CLOSED and not plan.prefix:
-                run.splitting = ReasoningSplitter(prepared.markers, prepared.start)
+        if prepared.markers and prepared.start is not Start.CLOSED and not plan.prefix:
+            run.splitting = ReasoningSplitter(prepared.markers, prepared.start)
         run.echo = request.prompt if request.echo and request.prompt is not None else ""
         started = self.clock.now()
         with contextlib.closing(self.engine.generate(prompt, params, cancelled)) as steps:

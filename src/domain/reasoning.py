@@ -11,8 +11,9 @@ then the answer. The split is decided by where the rendered prompt leaves the mo
   that opens with anything else is all answer.
 
 An unclosed block (the reply cut at max_tokens) is all reasoning. Whitespace between the markers
-and the text they enclose, and at the start of the answer, is not part of either. Text that could still be the start of a marker
-is held back until it is or is not one, so any chunking of a reply splits as the whole does.
+and the text they enclose, and at the start of the answer, is not part of either. Text that
+could still be the start of a marker is held back until it is or is not one, so any chunking of
+a reply splits as the whole does.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def reply_start(prompt_tail: str, markers: tuple[str, str] | None) -> Start:
 class ReasoningSplitter:
     """Feed generated text piece by piece; get back (reasoning, answer) text safe to emit now."""
 
-    __slots__ = ("_open", "_close", "_state", "_held", "_trim")
+    __slots__ = ("_close", "_held", "_open", "_state", "_trim")
 
     def __init__(self, markers: tuple[str, str], start: Start) -> None:
         self._open, self._close = markers

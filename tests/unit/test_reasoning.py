@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,7 @@ def split_chunked(text: str, cuts: list[int], start: Start) -> tuple[str, str]:
     splitter = ReasoningSplitter(MARKERS, start)
     reasoning, answer = "", ""
     bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
-    for left, right in zip(bounds, bounds[1:], strict=False):
+    for left, right in itertools.pairwise(bounds):
         r, a = splitter.feed(text[left:right])
         reasoning, answer = reasoning + r, answer + a
     r, a = splitter.finish()
