@@ -4,7 +4,8 @@
 A stream is Anthropic's event sequence: `message_start`, `ping`, then per content block
 `content_block_start` / `content_block_delta` (`thinking_delta` then `signature_delta` for the
 reasoning, `text_delta`, or `input_json_delta` for a tool's input) / `content_block_stop`,
-then `message_delta` (stop reason, stop sequence, usage) and `message_stop`. An error after the status line is one `error` event.
+then `message_delta` (stop reason, stop sequence, usage) and `message_stop`. An error after
+the status line is one `error` event.
 """
 
 from __future__ import annotations
