@@ -93,13 +93,14 @@ def _thinking(config: Mapping[str, Any] | None, max_tokens: float | None) -> boo
                              "supported by this server (thinking is returned as written).",
                              param="thinking.display", code="unsupported_parameter")
     budget = config.get("budget_tokens")
-    if config["type"] == "enabled" and max_tokens is not None and budget < max_tokens:
+    if config["type"] == "enabled" and max_tokens is not None and budget is not None \
+            and budget < max_tokens:
         raise InvalidRequest(
             f"'thinking.budget_tokens' ({budget}) is below max_tokens ({int(max_tokens)}): this "
             "server cannot stop the reasoning at a budget. Set budget_tokens to at least "
             "max_tokens (reasoning and answer then share max_tokens), or disable thinking.",
             param="thinking.budget_tokens", code="unsupported_value")
-    return config["type"] != "disabled"
+    return bool(config["type"] != "disabled")
 
 
 def _integer(value: float | None) -> int | None:
