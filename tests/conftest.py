@@ -68,6 +68,13 @@ def tiny_qwen3_vl(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_vl_thinking(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny qwen3_vl checkpoint with the real Qwen3-VL Thinking chat template."""
+    return build_qwen3_vl(tmp_path_factory.mktemp("tiny_models") / "qwen3_vl_thinking",
+                          template_name="qwen3_vl_thinking")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3(offline_mlx_env: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_qwen3(tmp_path_factory.mktemp("tiny_models") / "qwen3")
 

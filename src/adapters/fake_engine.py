@@ -6,6 +6,12 @@ parsing can run on them) or an echo of the last user message (of the raw prompt)
 whole assistant message, as a model would have written it: when the server forces the assistant
 turn to start with a prefix (a tool-call opener) and the reply starts with it too, the fake
 continues from the reply after that prefix, as a model continuing its forced start would.
+
+Reasoning, for a family with reasoning markers (Qwen3, Qwen3-VL), as its template is told by
+`thinking`: "none" (an Instruct template: never thinks, no switch), "hybrid" (Qwen3's: reads
+`enable_thinking`; off renders an empty closed block) or "forced" (a Thinking template: its
+generation prompt opens the block). A reply scripted as `<think>plan</think>answer` is continued
+after the opening marker when the prompt opened it, and without its block when thinking is off.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import re
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import attrs
 
 from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ..domain.conversation import Message, SamplingParams, ToolSpec
+from ..domain.families import profile_named
 from ..domain.models import ModelRef
 from ..domain.ports import PreparedPrompt, PromptInput
 
@@ -57,8 +65,10 @@ class FakeEngine:
     """Implements the InferenceEngine port. Every model 'loads' instantly."""
 
     def __init__(self, replies: Sequence[str] = (), delay: float = 0.0,
-                 vocab_size: int = VOCAB_SIZE) -> None:
+                 vocab_size: int = VOCAB_SIZE,
+                 thinking: Literal["none", "hybrid", "forced"] = "none") -> None:
         self._replies = itertools.cycle(replies) if replies else None
+        self._thinking = thinking
         self._delay = delay  # seconds per token: a slow stream, for tests of cancellation
         self._vocab_size = vocab_size
         self._loaded: ModelRef | None = None
@@ -86,10 +96,21 @@ class FakeEngine:
         if prompt.raw is not None:
             return PreparedPrompt(token_count=len(tokenize(prompt.raw)),
                                   payload=_Prompt(prompt.raw))
-        text = render(prompt.messages, prompt.tools) + prompt.assistant_prefix
+        template = render(prompt.messages, prompt.tools)
+        markers = profile_named(self._loaded.family).thinking if self._loaded else None
+        opened, closed = "", False
+        if markers is not None and self._thinking == "forced":
+            opened = markers[0]
+            template += opened + "\n"
+        elif markers is not None and self._thinking == "hybrid" and prompt.thinking is False:
+            closed = True
+            template += f"{markers[0]}\n\n{markers[1]}\n\n"
+        text = template + prompt.assistant_prefix
         last_user = next((m.text for m in reversed(prompt.messages) if m.role == "user"), "")
         return PreparedPrompt(token_count=len(tokenize(text)),
-                              payload=_Prompt(last_user, prompt.assistant_prefix))
+                              payload=_Prompt(last_user, prompt.assistant_prefix, markers, opened,
+                                              closed),
+                              tail=template[-64:], thinking_switch=self._thinking == "hybrid")
 
     def generate(
         self, prompt: PreparedPrompt, params: SamplingParams,
@@ -97,6 +118,11 @@ class FakeEngine:
     ) -> Generator[GenerationStep, None, None]:
         payload = prompt.payload if isinstance(prompt.payload, _Prompt) else _Prompt(str(prompt.payload))
         reply = next(self._replies) if self._replies else f"You said: {payload.said}"
+        if payload.markers and reply.lstrip().startswith(payload.markers[0]):
+            if payload.opened:  # the opening marker is in the prompt already
+                reply = reply.lstrip()[len(payload.markers[0]):]
+            elif payload.closed:  # told not to think: the model writes no block
+                reply = reply.partition(payload.markers[1])[2].lstrip()
         if payload.forced and reply.startswith(payload.forced):
             reply = reply[len(payload.forced):]  # the forced start is in the prompt already
         tokens = tokenize(reply) or [""]
@@ -127,3 +153,6 @@ def _logprob(token: str, top: int, logprob: float = -0.5) -> TokenLogprob:
 class _Prompt:
     said: str  # the last user message (the raw prompt): what the default reply repeats
     forced: str = ""  # the assistant turn's forced start, already part of the prompt
+    markers: tuple[str, str] | None = None  # the family's reasoning markers
+    opened: str = ""  # the marker the prompt opened the reasoning with
+    closed: bool = False  # the prompt closed an empty reasoning block: thinking off

@@ -14,6 +14,7 @@ from .completion import (
     Completion,
     FinishReason,
     GenerationStep,
+    ReasoningDelta,
     StreamEnd,
     StreamEvent,
     StreamStart,
@@ -23,6 +24,7 @@ from .completion import (
 )
 from .conversation import ChatRequest, ImagePart, SamplingParams, ToolChoiceMode
 from .errors import ContextTooLong, DomainError, EngineFailure, InvalidRequest
+from .families import profile_named
 from .lifecycle import (
     ModelListing,
     ServiceStatus,
@@ -44,6 +46,7 @@ from .ports import (
     PreparedPrompt,
     PromptInput,
 )
+from .reasoning import ReasoningSplitter, Start, reply_start
 from .sampling_checks import check_sampling, check_token_ids
 from .stops import StopMatcher
 from .tool_calls import (
@@ -158,6 +161,7 @@ class ChatService:
         """The stream, assembled: streaming and not always agree."""
         events: list[ToolEvent] = []
         logprobs: list[TokenLogprob] = []
+        reasoning: list[str] = []
         start: StreamStart | None = None
         async with contextlib.aclosing(await self.open_stream(request)) as stream:
             async for event in stream:
@@ -166,6 +170,8 @@ class ChatService:
                 elif isinstance(event, TextDelta):
                     events.append(ContentPiece(event.text))
                     logprobs.extend(event.logprobs)
+                elif isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
                 elif isinstance(event, CallStarted | CallArguments):
                     events.append(event)
                 elif start is not None:
@@ -174,7 +180,8 @@ class ChatService:
                         id=start.id, created=start.created, model=start.model, text=reply.content,
                         finish_reason=event.finish_reason, usage=event.usage,
                         tool_calls=reply.calls, ttft=start.ttft, stop_sequence=event.stop_sequence,
-                        logprobs=tuple(logprobs) if request.sampling.logprobs else None)
+                        logprobs=tuple(logprobs) if request.sampling.logprobs else None,
+                        reasoning="".join(reasoning) if reasoning else None)
         raise EngineFailure("generation ended without finishing")
 
     async def count_tokens(self, request: ChatRequest) -> int:
@@ -182,7 +189,7 @@ class ChatService:
         template and tokenizer (images included), with no generation: the model is made the
         loaded one, queued like any request."""
         admitted = await self._admitted(request)
-        return await self.worker.call(lambda: self._prepare(admitted)[2].token_count,
+        return await self.worker.call(lambda: self._prepare(admitted).prompt.token_count,
                                       model=admitted.model.id)
 
     async def _admitted(self, request: ChatRequest) -> _Admitted:
@@ -196,17 +203,32 @@ class ChatService:
         self.last_used = self.clock.now()
         return _Admitted(request, model, plan, images)
 
-    def _prepare(self, admitted: _Admitted) -> tuple[ModelRef, ToolPlan, PreparedPrompt]:
+    def _prepare(self, admitted: _Admitted) -> _Prepared:
         """On the generation thread: the model loaded, the decision taken if it waited for the
-        fetched config, the token ids checked against it, the prompt rendered and counted."""
+        fetched config, the token ids checked against it, the prompt rendered and counted, and
+        where it leaves the model's reasoning (a switch the template lacks is refused here)."""
         request = admitted.request
         model = self._ensure_loaded(admitted.model)
         plan = admitted.plan or _decide(request, model)
         # token ids and counts against the model now loaded: MLX does not bounds-check them
         check_token_ids(request.sampling, self.engine.vocab_size)
-        prompt = self.engine.prepare(PromptInput(plan.messages, plan.template_tools,
-                                                 admitted.images, plan.prefix, raw=request.prompt))
-        return model, plan, prompt
+        markers = profile_named(model.family).thinking if request.prompt is None else None
+        if markers is None and request.thinking:
+            raise _no_switch(model, request, "its family writes no reasoning block")
+        source = PromptInput(plan.messages, plan.template_tools, admitted.images, plan.prefix,
+                             raw=request.prompt,
+                             thinking=None if markers is None else request.thinking is not False)
+        prompt = self.engine.prepare(source)
+        start = reply_start(prompt.tail, markers)
+        if start is Start.MAYBE and not prompt.thinking_switch:
+            start = Start.CLOSED  # a template without a thinking mode (Qwen3-VL Instruct)
+        if markers is not None:
+            _check_switch(model, request, start, prompt.thinking_switch)
+            if start is Start.OPEN and plan.prefix:  # a forced start is answer: close the block
+                prompt = self.engine.prepare(attrs.evolve(
+                    source, assistant_prefix=f"{markers[1]}\n\n{plan.prefix}"))
+                start = Start.CLOSED
+        return _Prepared(model, plan, prompt, markers, start)
 
     def _admit(self, request: ChatRequest) -> ModelRef:
         """The model-independent sampling checks (a walk over a response_format schema is
@@ -248,10 +270,15 @@ class ChatService:
     def _generate(self, admitted: _Admitted,
                   cancelled: Cancelled) -> Generator[StreamEvent, None, None]:
         request = admitted.request
-        model, plan, prompt = self._prepare(admitted)
+        prepared = self._prepare(admitted)
+        model, plan, prompt = prepared.model, prepared.plan, prepared.prompt
         params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
             prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"))
         run = _Run(plan, self.ids.tool_call_id, params.stop)
+        if prepared.start is not Start.CLOSED or prompt.thinking_switch:  # a thinking template
+            run.reasoning_tokens = 0
+        if prepared.markers and prepared.start is not Start.CLOSED and not plan.prefix:
+            run.splitting = ReasoningSplitter(prepared.markers, prepared.start)
         run.echo = request.prompt if request.echo and request.prompt is not None else ""
         started = self.clock.now()
         with contextlib.closing(self.engine.generate(prompt, params, cancelled)) as steps:
@@ -285,7 +312,7 @@ class ChatService:
         if produced < 0:
             return  # nobody is listening: counted by the caller
         if not run.done:
-            yield from run.take(run.parser.feed(run.matcher.flush()) + run.parser.finish())
+            yield from run.drain()
         yield from run.take([], final=True)
         reason = FinishReason.TOOL_CALLS if run.calls else reason
         if run.parser.rejected:  # counted; returned to the client as content, never lost
@@ -297,7 +324,8 @@ class ChatService:
         matched = run.matcher.matched
         stop_sequence = matched if reason is FinishReason.STOP and matched in run.user_stops \
             else None
-        yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens),
+        yield StreamEnd(reason, Usage(prompt.token_count, produced, prompt.cached_tokens,
+                                      run.reasoning_tokens),
                         rejected_calls=run.parser.rejected, stop_sequence=stop_sequence)
 
     def _completion_budget(
@@ -331,6 +359,9 @@ class _Run:
         self.ended = False  # the final event is out
         self.echo = ""  # a raw prompt returned in front of the reply (legacy completions' echo)
         self.logprobs: list[TokenLogprob] = []
+        # reasoning split from the answer while it may still come (None: never, or no longer)
+        self.splitting: ReasoningSplitter | None = None
+        self.reasoning_tokens: int | None = None  # None: the family writes no reasoning
 
     def consume(
         self, steps: Iterable[GenerationStep], cancelled: Cancelled
@@ -340,9 +371,20 @@ class _Run:
         produced = 0
         for step in steps:
             produced += step.token is not None
+            text = step.text
+            if (splitter := self.splitting) is not None:  # the answer alone reaches stops, calls
+                was_inside = splitter.inside
+                thought, text = splitter.feed(text)
+                if was_inside or splitter.inside:  # a reasoning token: no log probability
+                    self.reasoning_tokens = (self.reasoning_tokens or 0) + (step.token is not None)
+                    step = attrs.evolve(step, logprob=None)
+                if thought:
+                    yield ReasoningDelta(thought)
+                if splitter.settled:
+                    self.splitting = None
             if step.logprob is not None:
                 self.logprobs.append(step.logprob)
-            text, stopped = self.matcher.feed(step.text)
+            text, stopped = self.matcher.feed(text)
             yield from self.take(self.parser.feed(text))
             if stopped or step.finish_reason is not None or self.done:
                 return produced, FinishReason.STOP if stopped else step.finish_reason or FinishReason.LENGTH
@@ -350,6 +392,19 @@ class _Run:
                 return -1, FinishReason.STOP
         # the engine ends early when cancelled between two decode steps
         return (-1 if cancelled() else produced), FinishReason.LENGTH
+
+    def drain(self) -> Generator[StreamEvent, None, None]:
+        """What the pipeline holds back once generation has ended: reasoning, then the answer
+        through the stop sequences and the call parser."""
+        text = ""
+        if self.splitting is not None:
+            thought, text = self.splitting.finish()
+            self.splitting = None
+            if thought:
+                yield ReasoningDelta(thought)
+        text, stopped = self.matcher.feed(text)
+        rest = "" if stopped else self.matcher.flush()
+        yield from self.take(self.parser.feed(text + rest) + self.parser.finish())
 
     def take(self, events: list[ToolEvent], final: bool = False) -> Generator[StreamEvent, None, None]:
         if final and self.logprobs:  # log probabilities of tokens no content followed
@@ -366,6 +421,18 @@ class _Run:
             self.calls += isinstance(event, CallStarted)
             yield event
             self.done = self.plan.single_call and isinstance(event, CallArguments)
+
+
+@attrs.frozen
+class _Prepared:
+    """A request ready to generate from: its model loaded, its plan, its prompt, and where the
+    reply starts with respect to the family's reasoning markers (None: it has none)."""
+
+    model: ModelRef
+    plan: ToolPlan
+    prompt: PreparedPrompt
+    markers: tuple[str, str] | None
+    start: Start
 
 
 @attrs.frozen
@@ -416,6 +483,24 @@ def _no_vision(model: ModelRef, param: str) -> InvalidRequest:
     return InvalidRequest(f"The model {model.id!r} has no vision: it cannot take images. "
                           "Send text only, or choose a vision model.",
                           param=param, code="unsupported_value")
+
+
+def _check_switch(model: ModelRef, request: ChatRequest, start: Start, switch: bool) -> None:
+    """Reasoning asked on or off where the template cannot do it is refused, never ignored."""
+    if switch or request.thinking is None:
+        return
+    if request.thinking is False and start is Start.OPEN:
+        raise _no_switch(model, request, "its chat template always opens a reasoning block")
+    if request.thinking is True and start is not Start.OPEN:
+        raise _no_switch(model, request, "its chat template has no thinking mode")
+
+
+def _no_switch(model: ModelRef, request: ChatRequest, why: str) -> InvalidRequest:
+    state = "on" if request.thinking else "off"
+    return InvalidRequest(
+        f"The model {model.id!r} cannot turn its reasoning {state}: {why}. Send the request "
+        f"without '{request.thinking_param}', or choose another model.",
+        param=request.thinking_param, code="unsupported_value")
 
 
 def _check_tools(request: ChatRequest) -> None:

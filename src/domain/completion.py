@@ -21,6 +21,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # of the completion tokens, those spent reasoning; None: no reasoning could be split out
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -75,6 +77,13 @@ class TextDelta:
 
 
 @attrs.frozen
+class ReasoningDelta:
+    """Reasoning text (a thinking model's block), split from the answer."""
+
+    text: str
+
+
+@attrs.frozen
 class StreamEnd:
     finish_reason: FinishReason
     usage: Usage
@@ -84,7 +93,7 @@ class StreamEnd:
     stop_sequence: str | None = None
 
 
-StreamEvent = StreamStart | TextDelta | CallStarted | CallArguments | StreamEnd
+StreamEvent = StreamStart | TextDelta | ReasoningDelta | CallStarted | CallArguments | StreamEnd
 
 
 @attrs.frozen
@@ -99,3 +108,4 @@ class Completion:
     logprobs: tuple[TokenLogprob, ...] | None = None  # None: not requested
     ttft: float | None = None  # as StreamStart.ttft
     stop_sequence: str | None = None  # as StreamEnd.stop_sequence
+    reasoning: str | None = None  # the reasoning split from the answer (None: there was none)

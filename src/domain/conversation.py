@@ -45,6 +45,7 @@ class Message:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    reasoning: str | None = None  # an assistant turn's reasoning, sent back by the client
 
     @property
     def text(self) -> str:
@@ -105,7 +106,7 @@ class SamplingParams:
 class ChatRequest:
     """A chat, or with `prompt` set a legacy text completion: that text is the model's input as
     it is (no chat template, no tools, no images; `messages` empty), and `echo` puts it in front
-    of the reply."""
+    of the reply. `thinking` switches a thinking model's reasoning where its template can."""
 
     model: str
     messages: tuple[Message, ...]
@@ -117,3 +118,7 @@ class ChatRequest:
     include_usage: bool = False
     prompt: str | None = None
     echo: bool = False
+    # reasoning asked on (True) or off (False), or the template's own default (None), and the
+    # request field that asked (named by a refusal)
+    thinking: bool | None = None
+    thinking_param: str = "reasoning_effort"

@@ -19,6 +19,10 @@ class PreparedPrompt:
     token_count: int
     payload: object = None  # engine-private: token ids, pixel values, template text
     cached_tokens: int = 0
+    # the rendered template's last characters (before any assistant prefix): where it leaves
+    # the model, e.g. inside a reasoning block its generation prompt opened
+    tail: str = ""
+    thinking_switch: bool = False  # whether the template reads `enable_thinking`
 
 
 @attrs.frozen
@@ -42,13 +46,15 @@ class PromptInput:
     show, the images in order of appearance, and text the assistant turn must start with.
     With `raw` set (a legacy completion) the prompt is that text exactly, tokenised with the
     tokenizer's own special tokens (a BOS where it adds one) and no chat template; the
-    conversation is then empty."""
+    conversation is then empty. `thinking`, when set, is passed to the template as
+    `enable_thinking`."""
 
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     images: tuple[LoadedImage, ...] = ()
     assistant_prefix: str = ""
     raw: str | None = None
+    thinking: bool | None = None  # the template's `enable_thinking`; None: not passed at all
 
 
 class InferenceEngine(Protocol):

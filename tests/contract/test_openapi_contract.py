@@ -113,6 +113,19 @@ def steer_token_ids(body: dict[str, Any]) -> None:
                               for key, value in bias.items()}
 
 
+def steer_thinking(body: dict[str, Any]) -> None:
+    """Whether a model can think is the model's (no schema states it): the served gemma has no
+    reasoning, so switches are turned to their off value, which it accepts as a no-op."""
+    if body.get("reasoning_effort") is not None:
+        body["reasoning_effort"] = "none"
+    kwargs = body.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("enable_thinking") is not None:
+        kwargs["enable_thinking"] = False
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        body["thinking"] = {"type": "disabled"}
+
+
 def steer_body(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
@@ -127,6 +140,7 @@ def steer_body(body: Any) -> Any:
             body[key] = 64
     steer_token_ids(body)
     steer_response_tools(body)
+    steer_thinking(body)
     tools, choice = body.get("tools"), body.get("tool_choice")
     if isinstance(choice, dict) and isinstance(tools, list) and tools:
         first = tools[0] if isinstance(tools[0], dict) else {}

@@ -43,10 +43,11 @@ ACCEPTED: dict[str, Any] = {  # a meaningful value for every honoured or metadat
     "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
     "parallel_tool_calls": False, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1,
     "user": "u-1", "metadata": {"k": "v"}, "store": False, "prompt_cache_key": "conv-1",
-    "safety_identifier": "s-1"}
+    "safety_identifier": "s-1", "reasoning_effort": "none",
+    "chat_template_kwargs": {"enable_thinking": False}}
 REFUSED: dict[str, Any] = {
     "service_tier": "flex", "modalities": ["text", "audio"], "audio": {"voice": "alloy"},
-    "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "high",
+    "prediction": {"type": "content", "content": "x"},
     "verbosity": "low", "web_search_options": {}, "functions": [{"name": "f"}],
     "function_call": "auto", "prompt_cache_retention": "24h", "moderation": {}}
 
@@ -145,9 +146,9 @@ MESSAGE_ACCEPTED: dict[str, Any] = {
     "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"},
     "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
     "metadata": {"user_id": "u-1"}, "cache_control": {"type": "ephemeral"},
-    "service_tier": "standard_only"}
+    "service_tier": "standard_only", "thinking": {"type": "disabled"}}
 MESSAGE_REFUSED: dict[str, Any] = {
-    "thinking": {"type": "enabled", "budget_tokens": 1024}, "speed": "fast",
+    "speed": "fast",
     "container": "c-1", "inference_geo": "us", "diagnostics": {}, "mcp_servers": [{"name": "x"}]}
 
 

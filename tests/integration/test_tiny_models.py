@@ -24,6 +24,10 @@ EXPECTED_TEMPLATES = {
         5292,
         "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4",
     ),
+    "qwen3_vl_thinking_chat_template.jinja": (
+        5198,
+        "84ed326ccec340f3c775d5a31c0aada290d59819c18e43650aabe14f1d42c839",
+    ),
     "qwen3_chat_template.jinja": (
         4116,
         "87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5",

@@ -28,7 +28,8 @@ JsonDict = dict[str, Any]
 
 
 def read_template(name: str) -> str:
-    """The checked-in real chat template ("gemma3", "qwen3_vl" or "qwen3"), byte-exact."""
+    """The checked-in real chat template ("gemma3", "qwen3_vl", "qwen3_vl_thinking" or "qwen3"),
+    byte-exact."""
     return (TEMPLATES_DIR / f"{name}_chat_template.jinja").read_bytes().decode("utf-8")
 
 
@@ -289,11 +290,12 @@ def _qwen3_vl_processor_files(out_dir: Path) -> None:
     )
 
 
-def build_qwen3_vl(out_dir: Path) -> Path:
-    """Write a tiny 4-bit qwen3_vl checkpoint into ``out_dir``; return its absolute path."""
+def build_qwen3_vl(out_dir: Path, template_name: str = "qwen3_vl") -> Path:
+    """Write a tiny 4-bit qwen3_vl checkpoint into ``out_dir``; return its absolute path.
+    `template_name` "qwen3_vl_thinking": the same model with the Qwen3-VL Thinking template."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    template = read_template("qwen3_vl")
+    template = read_template(template_name)
     vocab_size = write_qwen_tokenizer_files(out_dir, template)
     write_json(out_dir / "chat_template.json", {"chat_template": template})
     _qwen3_vl_processor_files(out_dir)

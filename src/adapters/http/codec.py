@@ -28,6 +28,7 @@ from .dto import (
     ChatCompletionDTO,
     ChatCompletionRequestDTO,
     ChoiceDTO,
+    CompletionTokensDetailsDTO,
     ContentDTO,
     FunctionCallDTO,
     MessageDTO,
@@ -49,6 +50,8 @@ class ChatCodec:
         self._validator = RequestValidator(spec, "CreateChatCompletionRequest")
 
     def chat_request(self, body: object) -> ChatRequest:
+        if isinstance(body, dict):
+            _refuse_template_kwargs(body.get("chat_template_kwargs"))
         self._validator.validate(body)
         try:
             dto = self.converter.structure(body, ChatCompletionRequestDTO)
@@ -59,7 +62,8 @@ class ChatCodec:
     def completion(self, completion: Completion) -> dict[str, Any]:
         message = ResponseMessageDTO(
             content=completion.text,
-            tool_calls=[_tool_call_dto(call) for call in completion.tool_calls] or None)
+            tool_calls=[_tool_call_dto(call) for call in completion.tool_calls] or None,
+            reasoning_content=completion.reasoning)
         dto = ChatCompletionDTO(
             id=completion.id, created=completion.created, model=completion.model,
             choices=[ChoiceDTO(index=0, message=message,
@@ -99,9 +103,12 @@ def model_dto(model: ModelInfo, loaded: str | None) -> ModelDTO:
 
 
 def usage_dto(usage: Usage) -> UsageDTO:
+    details = (CompletionTokensDetailsDTO(usage.reasoning_tokens)
+               if usage.reasoning_tokens is not None else None)
     return UsageDTO(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                     total_tokens=usage.total_tokens,
-                    prompt_tokens_details=PromptTokensDetailsDTO(usage.cached_tokens))
+                    prompt_tokens_details=PromptTokensDetailsDTO(usage.cached_tokens),
+                    completion_tokens_details=details)
 
 
 def _tool_call_dto(call: ToolCall) -> ToolCallDTO:
@@ -123,7 +130,40 @@ def _to_request(dto: ChatCompletionRequestDTO) -> ChatRequest:
         parallel_tool_calls=dto.parallel_tool_calls is not False,
         stream=bool(dto.stream),
         include_usage=bool(dto.stream_options and dto.stream_options.include_usage),
+        **_thinking(dto),
     )
+
+
+# the one chat template kwarg a client may set: the others would reach the template unchecked
+TEMPLATE_KWARGS = ("enable_thinking",)
+THINKING_OFF_EFFORT = "none"  # reasoning_effort that turns reasoning off; any other turns it on
+
+
+def _refuse_template_kwargs(kwargs: object) -> None:
+    if not isinstance(kwargs, dict):
+        return  # the schema names the type
+    for name in kwargs:
+        if name not in TEMPLATE_KWARGS:
+            raise InvalidRequest(
+                f"Unsupported parameter: 'chat_template_kwargs.{name}' is not supported by this "
+                "server (only 'enable_thinking' is).", param=f"chat_template_kwargs.{name}",
+                code="unsupported_parameter")
+
+
+def _thinking(dto: ChatCompletionRequestDTO) -> dict[str, Any]:
+    """Reasoning on or off, from `chat_template_kwargs.enable_thinking` (vLLM's, llama-server's)
+    or `reasoning_effort` ("none" is off; minimal, low, medium and high are on: these models
+    have no degrees). Both given and disagreeing: refused."""
+    switch = (dto.chat_template_kwargs or {}).get("enable_thinking")
+    effort = None if dto.reasoning_effort is None else dto.reasoning_effort != THINKING_OFF_EFFORT
+    if switch is not None and effort is not None and switch != effort:
+        raise InvalidRequest(
+            f"'chat_template_kwargs.enable_thinking' ({str(switch).lower()}) contradicts "
+            f"'reasoning_effort' ({dto.reasoning_effort!r}); send one of them.",
+            param="chat_template_kwargs.enable_thinking", code="invalid_value")
+    if switch is not None:
+        return {"thinking": switch, "thinking_param": "chat_template_kwargs.enable_thinking"}
+    return {"thinking": effort, "thinking_param": "reasoning_effort"}
 
 
 def _to_sampling(dto: ChatCompletionRequestDTO, max_tokens: int | None,
@@ -155,6 +195,7 @@ def _to_message(dto: MessageDTO) -> Message:
         tool_calls=tuple(ToolCall(call.id, call.function.name, call.function.arguments)
                          for call in dto.tool_calls or ()),
         tool_call_id=dto.tool_call_id,
+        reasoning=dto.reasoning_content,
     )
 
 

@@ -53,6 +53,7 @@ class MessageDTO:
     name: str | None = None
     tool_calls: list[ToolCallDTO] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
 
 @attrs.frozen
@@ -113,6 +114,8 @@ class ChatCompletionRequestDTO:
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -124,6 +127,7 @@ class ResponseMessageDTO:
     refusal: str | None = None
     role: str = "assistant"
     tool_calls: list[ToolCallDTO] | None = attrs.field(default=None, metadata={"omit_if_default": True})
+    reasoning_content: str | None = attrs.field(default=None, metadata={"omit_if_default": True})
 
 
 @attrs.frozen
@@ -140,11 +144,18 @@ class PromptTokensDetailsDTO:
 
 
 @attrs.frozen
+class CompletionTokensDetailsDTO:
+    reasoning_tokens: int
+
+
+@attrs.frozen
 class UsageDTO:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetailsDTO
+    completion_tokens_details: CompletionTokensDetailsDTO | None = attrs.field(
+        default=None, metadata={"omit_if_default": True})
 
 
 @attrs.frozen
@@ -194,8 +205,8 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(ContentDTO, _structure_content(converter))
     converter.register_structure_hook(str | list[str] | None, _structure_stop)
     converter.register_structure_hook(str | NamedToolChoiceDTO | None, _structure_tool_choice(converter))
-    converter.register_unstructure_hook(ResponseMessageDTO,
-                                        _omit_marked_defaults(converter, ResponseMessageDTO))
+    for cls in (ResponseMessageDTO, UsageDTO):
+        converter.register_unstructure_hook(cls, _omit_marked_defaults(converter, cls))
     return converter
 
 

@@ -2,9 +2,10 @@
 `POST /v1/messages/count_tokens`, over the same chat use case as /v1/chat/completions.
 
 A stream is Anthropic's event sequence: `message_start`, `ping`, then per content block
-`content_block_start` / `content_block_delta` (`text_delta`, or `input_json_delta` for a tool's
-input) / `content_block_stop`, then `message_delta` (stop reason, stop sequence, usage) and
-`message_stop`. An error after the status line is one `error` event.
+`content_block_start` / `content_block_delta` (`thinking_delta` then `signature_delta` for the
+reasoning, `text_delta`, or `input_json_delta` for a tool's input) / `content_block_stop`,
+then `message_delta` (stop reason, stop sequence, usage) and `message_stop`. An error after
+the status line is one `error` event.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import falcon
 import falcon.asgi
 
 from ...domain.chat import ChatService, ChatStream
-from ...domain.completion import StreamEnd, StreamStart, TextDelta, Usage
+from ...domain.completion import ReasoningDelta, StreamEnd, StreamStart, TextDelta, Usage
 from ...domain.errors import DomainError
 from ...domain.tool_types import CallArguments, CallStarted
 from . import sse
@@ -60,6 +61,12 @@ class EventWriter(EventDispatch):
             out += self._begin("text", {"type": "text", "text": ""})
         return out + self._delta({"type": "text_delta", "text": event.text})
 
+    def reasoning(self, event: ReasoningDelta) -> bytes:
+        out = b""
+        if self._open != "thinking":
+            out += self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        return out + self._delta({"type": "thinking_delta", "thinking": event.text})
+
     def call_started(self, event: CallStarted) -> bytes:
         return self._begin("tool_use", {"type": "tool_use", "id": event.id, "name": event.name,
                                         "input": {}})
@@ -88,8 +95,11 @@ class EventWriter(EventDispatch):
     def _close(self) -> bytes:
         if self._open is None:
             return b""
+        # a thinking block ends with its signature: this server signs nothing (empty)
+        out = self._delta({"type": "signature_delta", "signature": ""}) \
+            if self._open == "thinking" else b""
         self._open = None
-        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        return out + sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
 
 
 def render(events: ChatStream) -> AsyncIterator[falcon.asgi.SSEvent]:

@@ -27,12 +27,12 @@ from ...domain.conversation import (
     ToolChoiceMode,
     ToolSpec,
 )
+from ...domain.errors import InvalidRequest
 from .validation import RequestValidator
 
 # Anthropic request fields this server does not implement: accepted only at their no-op value
 # (openapi.yaml declares the same), else 400 naming them.
 UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
-    "thinking": ({"type": "disabled"},),
     "container": (),
     "inference_geo": (),
     "diagnostics": (),
@@ -77,7 +77,30 @@ def to_request(body: Mapping[str, Any]) -> ChatRequest:
         tool_choice=_tool_choice(choice, bool(tools)),
         parallel_tool_calls=not choice.get("disable_parallel_tool_use", False),
         stream=bool(body.get("stream")),
+        thinking=_thinking(body.get("thinking"), body.get("max_tokens")),
+        thinking_param="thinking",
     )
+
+
+def _thinking(config: Mapping[str, Any] | None, max_tokens: float | None) -> bool | None:
+    """`enabled` and `adaptive` turn reasoning on, `disabled` off; absent: the model's default.
+    A budget is honoured only where it cannot bind (at least `max_tokens`): this server does not
+    cut reasoning short at a budget, so a smaller one is refused rather than ignored."""
+    if not config:
+        return None
+    if config.get("display") == "omitted":
+        raise InvalidRequest("Unsupported parameter: 'thinking.display' 'omitted' is not "
+                             "supported by this server (thinking is returned as written).",
+                             param="thinking.display", code="unsupported_parameter")
+    budget = config.get("budget_tokens")
+    if config["type"] == "enabled" and max_tokens is not None and budget is not None \
+            and budget < max_tokens:
+        raise InvalidRequest(
+            f"'thinking.budget_tokens' ({budget}) is below max_tokens ({int(max_tokens)}): this "
+            "server cannot stop the reasoning at a budget. Set budget_tokens to at least "
+            "max_tokens (reasoning and answer then share max_tokens), or disable thinking.",
+            param="thinking.budget_tokens", code="unsupported_value")
+    return bool(config["type"] != "disabled")
 
 
 def _integer(value: float | None) -> int | None:
@@ -116,7 +139,11 @@ def _assistant(content: str | Sequence[Mapping[str, Any]]) -> Message:
     parts: list[Part] = [TextPart(block["text"]) for block in content if block["type"] == "text"]
     calls = tuple(ToolCall(block["id"], block["name"], json.dumps(block["input"]))
                   for block in content if block["type"] == "tool_use")
-    return Message(Role.ASSISTANT, tuple(parts), tool_calls=calls)
+    # the model's own reasoning, sent back (its signature is this server's empty one);
+    # redacted_thinking has nothing readable and is dropped
+    thoughts = [block["thinking"] for block in content if block["type"] == "thinking"]
+    return Message(Role.ASSISTANT, tuple(parts), tool_calls=calls,
+                   reasoning="\n\n".join(thoughts) if thoughts else None)
 
 
 def _user(content: str | Sequence[Mapping[str, Any]]) -> list[Message]:
@@ -207,6 +234,8 @@ def tool_input(arguments: str) -> Any:
 
 def message_json(completion: Completion) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
+    if completion.reasoning:
+        content.append({"type": "thinking", "thinking": completion.reasoning, "signature": ""})
     if completion.text:
         content.append({"type": "text", "text": completion.text})
     content += [{"type": "tool_use", "id": call.id, "name": call.name,

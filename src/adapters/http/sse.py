@@ -13,7 +13,7 @@ from typing import Protocol
 import falcon.asgi
 
 from ...domain.chat import ChatStream
-from ...domain.completion import StreamEnd, StreamEvent, StreamStart, TextDelta
+from ...domain.completion import ReasoningDelta, StreamEnd, StreamEvent, StreamStart, TextDelta
 from ...domain.errors import DomainError, EngineFailure
 from ...domain.tool_types import CallArguments, CallStarted
 from .codec import logprobs_json, usage_dto
@@ -33,6 +33,8 @@ class EventDispatch:
         """The chunk(s) for any event after the start (text first: by far the most frequent)."""
         if isinstance(event, TextDelta):
             return self.text(event)
+        if isinstance(event, ReasoningDelta):
+            return self.reasoning(event)
         if isinstance(event, CallStarted):
             return self.call_started(event)
         if isinstance(event, CallArguments):
@@ -40,6 +42,9 @@ class EventDispatch:
         return self.end(event) if isinstance(event, StreamEnd) else b""
 
     def text(self, event: TextDelta) -> bytes:
+        raise NotImplementedError
+
+    def reasoning(self, event: ReasoningDelta) -> bytes:
         raise NotImplementedError
 
     def call_started(self, event: CallStarted) -> bytes:
@@ -73,6 +78,9 @@ class ChunkWriter(EventDispatch):
     def text(self, event: TextDelta) -> bytes:
         logprobs = _dumps(logprobs_json(event.logprobs)) if event.logprobs else "null"
         return self.choice('{"content":' + _dumps(event.text) + "}", logprobs=logprobs)
+
+    def reasoning(self, event: ReasoningDelta) -> bytes:
+        return self.choice('{"reasoning_content":' + _dumps(event.text) + "}")
 
     def call_started(self, event: CallStarted) -> bytes:
         return self.choice('{"tool_calls":[{"index":' + str(event.index) + ',"id":' + _dumps(event.id)

@@ -16,7 +16,6 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "audio": (),
     "modalities": (["text"],),
     "prediction": (),
-    "reasoning_effort": (),
     "service_tier": ("auto", "default"),
     "web_search_options": (),
     "functions": (),

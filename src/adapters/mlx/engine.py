@@ -28,6 +28,7 @@ from .structured import json_logits_processor
 log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 _TENSORS = ("input_ids", "pixel_values", "attention_mask")
+_TAIL = 64  # characters of the rendered template the domain reads (an open reasoning block)
 
 
 class MlxEngine:
@@ -125,12 +126,14 @@ class MlxEngine:
         model, processor = self._require()
         _refuse_placeholders(prompt, self._markers)
         bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+        switch = False
         if prompt.raw is not None:  # a legacy completion: the text as it is, no template, so
             # the tokenizer's own special tokens (its BOS) go in unless the text has them
             text = prompt.raw
             add_special = not (isinstance(bos, str) and bos and text.startswith(bos))
         else:
             text = self._template(model, processor, prompt)
+            switch = "enable_thinking" in _template_source(processor)
             # NOTE: Gemma's template writes <bos> itself; adding it again doubles it
             add_special = should_add_special_tokens(model.config.model_type, processor) and not (
                 isinstance(bos, str) and bos and text.startswith(bos))
@@ -146,13 +149,16 @@ class MlxEngine:
                                  code="invalid_image" if images else "invalid_value") from exc
         plan = self._cache_plan(inputs, prompt)
         return PreparedPrompt(token_count=int(inputs["input_ids"].shape[1]),
-                              payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0)
+                              payload=_Payload(inputs, plan), cached_tokens=plan.reused if plan else 0,
+                              tail=text[-_TAIL:], thinking_switch=switch)
 
     @staticmethod
     def _template(model: Any, processor: Any, prompt: PromptInput) -> str:
         from mlx_vlm.prompt_utils import apply_chat_template
 
         kwargs: dict[str, Any] = {"tools": [_tool_json(t) for t in prompt.tools]} if prompt.tools else {}
+        if prompt.thinking is not None:  # else mlx_vlm passes enable_thinking false itself
+            kwargs["enable_thinking"] = prompt.thinking
         try:
             text: str = apply_chat_template(processor, model.config,
                                        [_template_message(m) for m in prompt.messages],
@@ -423,7 +429,20 @@ def _template_message(message: Message) -> dict[str, Any]:
                                for call in message.tool_calls]
     if message.tool_call_id is not None:
         entry["tool_call_id"] = message.tool_call_id
+    if message.reasoning is not None:  # Qwen3's templates read it (the turns after the last query)
+        entry["reasoning_content"] = message.reasoning
     return entry
+
+
+def _template_source(processor: Any) -> str:
+    """The chat template's Jinja source (the processor's, else its tokenizer's); "" if none."""
+    for owner in (processor, getattr(processor, "tokenizer", None)):
+        template = getattr(owner, "chat_template", None)
+        if isinstance(template, str):
+            return template
+        if isinstance(template, dict):
+            return "\n".join(value for value in template.values() if isinstance(value, str))
+    return ""
 
 
 def _tool_json(tool: ToolSpec) -> dict[str, Any]:

@@ -23,8 +23,8 @@ class Profile:
       tools); otherwise the tools and tool turns go into the messages and the template gets none.
     - `extra_stops`: internal stop sequences while tools are offered (text the model should
       never write, such as a tool result it makes up).
-    - `thinking`: the (open, close) markers of the family's reasoning block; declared only, not
-      acted on yet.
+    - `thinking`: the (open, close) markers of the family's reasoning block, split from the
+      answer (domain/reasoning.py); None: the family does not reason in its replies.
     - `default_context`: the context length when the config does not say (or is not read yet).
     """
 

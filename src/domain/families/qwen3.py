@@ -3,11 +3,11 @@ tools and tool results rendered by the chat template itself (`<tools>`, `<tool_r
 for Qwen3-VL.
 
 Qwen3 is a hybrid reasoning model: unless the template is rendered with `enable_thinking`
-false, the reply opens with a `<think>` ... `</think>` block. mlx_vlm renders it with
-`enable_thinking` false unless told otherwise (the prompt ends with an empty, closed think block
-and the reply starts with the answer, or with a forced `<tool_call>`). The markers are declared
-here for the code that will separate reasoning from content; nothing acts on them yet. The dense Qwen3
-checkpoints declare a 40960-token context (32768 native, plus room for the reply).
+false, the reply opens with a `<think>` ... `</think>` block, which the server splits from the
+answer (domain/reasoning.py). The server renders it with the template's own default (thinking
+on) unless the request switches it off (the prompt then ends with an empty, closed think block
+and the reply starts with the answer). The dense Qwen3 checkpoints declare a 40960-token context
+(32768 native, plus room for the reply).
 """
 
 from __future__ import annotations
