@@ -274,8 +274,10 @@ web_search = "disabled"
 model_reasoning_summary = "none"
 
 [features]
-multi_agent = false
 goals = false
+
+[agents]
+enabled = false
 
 [model_providers.mlx-server]
 name = "mlx-server"
