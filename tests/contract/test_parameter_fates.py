@@ -195,9 +195,12 @@ RESPONSE_ACCEPTED: dict[str, Any] = {
     "text": {"format": {"type": "json_schema", "name": "o", "schema": {"type": "object"}}},
     "temperature": 0.5, "top_p": 0.9, "stream": False, "store": False,
     "metadata": {"k": "v"}, "user": "u-1", "safety_identifier": "s-1", "prompt_cache_key": "c-1",
-    "max_tool_calls": 3, "include": ["reasoning.encrypted_content"], "service_tier": "auto"}
+    "max_tool_calls": 3, "include": ["reasoning.encrypted_content"], "service_tier": "auto",
+    # a model without reasoning may be told not to reason (effort on is refused for it: see
+    # tests/integration/test_responses_thinking.py)
+    "reasoning": {"effort": "none", "summary": "auto"}}
 RESPONSE_REFUSED: dict[str, Any] = {
-    "reasoning": {"effort": "high"}, "background": True, "truncation": "auto",
+    "background": True, "truncation": "auto",
     "top_logprobs": 2, "stream_options": {"include_obfuscation": True},
     "conversation": "conv_1", "prompt": {"id": "pmpt_1"}, "context_management": [{"type": "x"}],
     "moderation": {"model": "m"}, "prompt_cache_retention": "24h"}

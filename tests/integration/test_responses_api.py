@@ -382,7 +382,7 @@ def test_a_codex_request_is_served() -> None:
     ("tools", [{"type": "namespace", "name": "n", "tools": [{"type": "custom", "name": "c"}]}],
      "tools[0].tools[0].type"),
     ("reasoning", {"effort": "high"}, "reasoning.effort"),
-    ("reasoning", {"summary": "auto"}, "reasoning.summary"),
+    ("reasoning", {"summary": "concise"}, "reasoning.summary"),
     ("background", True, "background"), ("truncation", "auto", "truncation"),
     ("conversation", "conv_1", "conversation"), ("prompt", {"id": "p"}, "prompt"),
     ("top_logprobs", 3, "top_logprobs"), ("service_tier", "flex", "service_tier"),

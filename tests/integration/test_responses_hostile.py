@@ -100,7 +100,8 @@ def nested(depth: int) -> Any:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"input": [{"type": "reasoning", "summary": []}]}, None),
+    ({"input": [{"type": "reasoning", "summary": "x"}]}, None),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input"),  # nothing to answer
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, None),
     ({"input": [{"type": "message", "role": "tool", "content": "x"}]}, None),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, None),

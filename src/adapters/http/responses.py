@@ -4,7 +4,8 @@
 A stream is OpenAI's event sequence, each event numbered (`sequence_number`): `response.created`,
 `response.in_progress`, then per output item `response.output_item.added`, for a message
 `response.content_part.added` / `response.output_text.delta`... / `response.output_text.done` /
-`response.content_part.done`, for a function call `response.function_call_arguments.delta`... /
+`response.content_part.done`, for reasoning `response.reasoning_text.delta`... /
+`response.reasoning_text.done`, for a function call `response.function_call_arguments.delta`... /
 `response.function_call_arguments.done`, then `response.output_item.done`; last
 `response.completed` or `response.incomplete` (cut by `max_output_tokens`). An error after the
 status line is `response.failed`, its `error` set.
@@ -26,7 +27,7 @@ import falcon
 import falcon.asgi
 
 from ...domain.chat import ChatService, ChatStream
-from ...domain.completion import Completion, StreamEnd, StreamStart, TextDelta
+from ...domain.completion import Completion, ReasoningDelta, StreamEnd, StreamStart, TextDelta
 from ...domain.conversation import ToolCall
 from ...domain.errors import DomainError, ResponseNotFound
 from ...domain.ports import ResponseStore
@@ -41,6 +42,7 @@ from .responses_codec import (
     completion_output,
     item_id,
     message_item,
+    reasoning_item,
     record,
     response_id,
     response_json,
@@ -80,7 +82,7 @@ class EventWriter(EventDispatch):
         self._output: list[dict[str, Any]] = []  # every item so far, as output_item.added/done
         self._open: dict[str, Any] | None = None  # the item being written, while one is
         self._open_index = -1  # its output_index
-        self._text: list[str] = []  # the open message's text so far
+        self._text: list[str] = []  # the open message's (or reasoning's) text so far
         self._calls: dict[int, tuple[int, dict[str, Any]]] = {}  # call index -> output index, item
 
     def first(self) -> bytes:
@@ -102,6 +104,18 @@ class EventWriter(EventDispatch):
         return out + self._event("response.output_text.delta", item_id=self._item_id,
                                  output_index=self._index, content_index=0, delta=event.text,
                                  logprobs=[])
+
+    def reasoning(self, event: ReasoningDelta) -> bytes:
+        out = b""
+        if self._open is None or self._open["type"] != "reasoning":
+            item = reasoning_item(self._turn, item_id("rs", self._id, len(self._output)), "",
+                                  "in_progress")
+            item["content"] = []
+            item.pop("encrypted_content", None)  # known once the reasoning is whole
+            out += self._add(item)
+        self._text.append(event.text)
+        return out + self._event("response.reasoning_text.delta", item_id=self._item_id,
+                                 output_index=self._index, content_index=0, delta=event.text)
 
     def call_started(self, event: CallStarted) -> bytes:
         item = call_item(item_id("fc", self._id, len(self._output)),
@@ -163,6 +177,11 @@ class EventWriter(EventDispatch):
                                output_index=index, content_index=0, text=text, logprobs=[])
                    + self._event("response.content_part.done", item_id=item["id"],
                                  output_index=index, content_index=0, part=part))
+        elif item["type"] == "reasoning":
+            text, self._text = "".join(self._text), []
+            item.update(reasoning_item(self._turn, item["id"], text, status))
+            out = self._event("response.reasoning_text.done", item_id=item["id"],
+                              output_index=index, content_index=0, text=text)
         else:
             out = self._event("response.function_call_arguments.done", item_id=item["id"],
                               name=item["name"], output_index=index, arguments=item["arguments"])

@@ -11,10 +11,19 @@ Tools: `function` tools, and `namespace` groups of them (Codex CLI sends its sub
 flattened into the model's tool list under their own names; a call of one comes back as a
 `function_call` item carrying its `namespace`, as OpenAI's does. Hosted tools (web search, file
 search, code interpreter...) are refused with 400 naming `tools[i].type`: this server runs none.
+
+Reasoning: a thinking model's reasoning is a `reasoning` output item before the answer, its text
+in `content` (`reasoning_text`; `summary` stays empty: there is no summariser). With `include:
+["reasoning.encrypted_content"]` the item also carries `encrypted_content`, the reasoning text
+encoded (not encrypted) so that a stateless client (Codex sends `store: false`) can send the item
+back and this server reads it again. A reasoning item in the input becomes the reasoning of the
+assistant turn after it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,13 +45,12 @@ from ...domain.conversation import (
     ToolChoiceMode,
     ToolSpec,
 )
-from ...domain.errors import InvalidRequest, ResponseNotFound, UnsupportedParameter
+from ...domain.errors import InvalidRequest, ResponseNotFound
 from ...domain.ports import ResponseStore
 from .validation import RequestValidator
 
 # Responses request fields this server does not implement: accepted only at their no-op value
-# (openapi.yaml declares the same), else 400 naming them. `reasoning` is checked on its own:
-# an object whose every field is null is its no-op.
+# (openapi.yaml declares the same), else 400 naming them.
 UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "background": (False,),
     "conversation": (),
@@ -56,6 +64,9 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "stream_options": ({}, {"include_obfuscation": False}),
 }
 SERVED_TOOL_TYPES = ("function", "namespace")
+THINKING_OFF_EFFORT = "none"  # every other reasoning effort turns a thinking model's reasoning on
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+_REASONING_BLOB = "mlx-server:v1:"  # what starts the encrypted_content this server writes
 _ID_SHOWN = 80  # characters of a client's id quoted back in an error message
 
 
@@ -69,6 +80,7 @@ class ResponsesTurn:
     items: tuple[Any, ...]  # the conversation's items up to this turn (previous ones first)
     namespaces: Mapping[str, str]  # tool name -> the namespace it was sent in
     store: bool
+    encrypted_reasoning: bool = False  # include: reasoning.encrypted_content
 
 
 class ResponsesCodec:
@@ -82,14 +94,19 @@ class ResponsesCodec:
         conversation of `previous_response_id` is read here too."""
         if isinstance(body, dict):
             _refuse_hosted_tools(body.get("tools"))
-            _refuse_reasoning(body.get("reasoning"))
+            _refuse_summaries(body.get("reasoning"))
         self._create.validate(body)
         previous = body.get("previous_response_id")
         items = (*(self._previous_items(previous) if previous is not None else ()),
                  *_input_items(body["input"]))
         tools, namespaces = _tools(body.get("tools") or ())
-        return ResponsesTurn(request=to_request(body, items, tools), echo=_echo(body),
-                             items=items, namespaces=namespaces, store=body.get("store") is not False)
+        request = to_request(body, items, tools)
+        if not request.messages:
+            raise InvalidRequest("'input' holds no message, call or call output to answer (only "
+                                 "reasoning items).", param="input", code="invalid_value")
+        return ResponsesTurn(request=request, echo=_echo(body),
+                             items=items, namespaces=namespaces, store=body.get("store") is not False,
+                             encrypted_reasoning=ENCRYPTED_REASONING in (body.get("include") or ()))
 
     def _previous_items(self, response_id: str) -> tuple[Any, ...]:
         record = self._store.get(response_id)
@@ -125,16 +142,15 @@ def _refuse_hosted_tools(tools: Any) -> None:
                     code="unsupported_value")
 
 
-def _refuse_reasoning(reasoning: Any) -> None:
-    """No model served here reasons (yet): `reasoning` is accepted when it asks for nothing."""
-    if not isinstance(reasoning, dict):
-        return  # null, absent, or a wrong type the schema names
-    for key, value in reasoning.items():
-        if value is not None:
-            raise UnsupportedParameter(
-                f"Unsupported parameter: 'reasoning.{shown(str(key))}' is not supported by this "
-                "server (its models do not reason); send 'reasoning' null, {} or with null fields.",
-                param=f"reasoning.{shown(str(key))}")
+def _refuse_summaries(reasoning: Any) -> None:
+    """A summary this server cannot write, refused by name before the schema's generic complaint."""
+    for field in ("summary", "generate_summary"):
+        kind = reasoning.get(field) if isinstance(reasoning, dict) else None
+        if kind in ("concise", "detailed"):
+            raise InvalidRequest(
+                f"'reasoning.{field}' {kind!r} is not supported: this server has no summariser "
+                "(a reasoning item's content holds the reasoning itself). Send 'auto' or null.",
+                param=f"reasoning.{field}", code="unsupported_value")
 
 
 def _input_items(value: str | Sequence[Any]) -> tuple[Any, ...]:
@@ -183,7 +199,16 @@ def to_request(body: Mapping[str, Any], items: Sequence[Any],
         tool_choice=_tool_choice(body.get("tool_choice"), bool(tools)),
         parallel_tool_calls=body.get("parallel_tool_calls") is not False,
         stream=bool(body.get("stream")),
+        thinking=_thinking(body.get("reasoning")),
+        thinking_param="reasoning.effort",
     )
+
+
+def _thinking(reasoning: Mapping[str, Any] | None) -> bool | None:
+    """`reasoning.effort` as the chat endpoint's `reasoning_effort`: `none` off, any other on
+    (these models have no degrees); absent: the template's own default."""
+    effort = (reasoning or {}).get("effort")
+    return None if effort is None else effort != THINKING_OFF_EFFORT
 
 
 def _integer(value: float | None) -> int | None:
@@ -194,23 +219,52 @@ def _integer(value: float | None) -> int | None:
 def to_messages(instructions: str | None, items: Sequence[Mapping[str, Any]]) -> tuple[Message, ...]:
     """`instructions` first, as a system message (never carried over from a previous response),
     then the items in order: messages as they are (developer ones as the chat endpoint takes
-    them), a run of function_call items joined to the assistant turn they follow, and each
-    function_call_output a tool message."""
+    them), a run of function_call items joined to the assistant turn they follow, each
+    function_call_output a tool message, and a reasoning item the reasoning of the assistant turn
+    after it."""
     out: list[Message] = [Message(Role.SYSTEM, (TextPart(instructions),))] if instructions else []
+    thought: str | None = None  # a reasoning item's text, until the assistant turn it precedes
     for item in items:
         kind = item.get("type", "message")
+        if kind == "reasoning":
+            thought = "\n\n".join(filter(None, (thought, reasoning_text(item)))) or None
+            continue
         if kind == "function_call":
             call = ToolCall(item["call_id"], item["name"], item["arguments"])
-            if out and out[-1].role is Role.ASSISTANT:
+            if out and out[-1].role is Role.ASSISTANT and thought is None:
                 out[-1] = attrs.evolve(out[-1], tool_calls=(*out[-1].tool_calls, call))
             else:
-                out.append(Message(Role.ASSISTANT, tool_calls=(call,)))
+                out.append(Message(Role.ASSISTANT, tool_calls=(call,), reasoning=thought))
         elif kind == "function_call_output":
             out.append(Message(Role.TOOL, (TextPart(_text(item["output"])),),
                                tool_call_id=item["call_id"]))
         else:
-            out.append(Message(Role(item["role"]), _parts(item["content"])))
+            role = Role(item["role"])
+            out.append(Message(role, _parts(item["content"]),
+                               reasoning=thought if role is Role.ASSISTANT else None))
+        if out[-1].role is Role.ASSISTANT:
+            thought = None
     return tuple(out)
+
+
+def reasoning_text(item: Mapping[str, Any]) -> str:
+    """A reasoning item's text: its content, else its summary, else its encrypted_content if this
+    server wrote it (another server's is unreadable here: no text)."""
+    for field in ("content", "summary"):
+        if texts := [part["text"] for part in item.get(field) or ()]:
+            return "".join(texts)
+    blob = item.get("encrypted_content") or ""
+    if blob.startswith(_REASONING_BLOB):
+        try:
+            return base64.b64decode(blob[len(_REASONING_BLOB):], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return ""
+
+
+def encrypted(text: str) -> str:
+    """A reasoning item's encrypted_content: its text, encoded for this server to read back."""
+    return _REASONING_BLOB + base64.b64encode(text.encode()).decode()
 
 
 def _text(content: str | Sequence[Mapping[str, Any]]) -> str:
@@ -256,7 +310,9 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
         "max_output_tokens": body.get("max_output_tokens"),
         "previous_response_id": body.get("previous_response_id"),
         "store": body.get("store") is not False, "text": text,
-        "reasoning": {"effort": None, "summary": None}, "truncation": "disabled",
+        "reasoning": {"effort": (body.get("reasoning") or {}).get("effort"),
+                      "summary": (body.get("reasoning") or {}).get("summary")},
+        "truncation": "disabled",
         "background": False, "service_tier": "default", "top_logprobs": 0,
         "user": body.get("user"), "prompt_cache_key": body.get("prompt_cache_key"),
         "safety_identifier": body.get("safety_identifier"),
@@ -281,13 +337,21 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     return {"input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_tokens},
             "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
             "total_tokens": usage.total_tokens}
 
 
 def message_item(item: str, text: str, status: str) -> dict[str, Any]:
     return {"id": item, "type": "message", "status": status, "role": "assistant",
             "content": [text_part(text)]}
+
+
+def reasoning_item(turn: ResponsesTurn, item: str, text: str, status: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": item, "type": "reasoning", "status": status, "summary": [],
+                           "content": [{"type": "reasoning_text", "text": text}]}
+    if turn.encrypted_reasoning:
+        out["encrypted_content"] = encrypted(text)
+    return out
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -320,10 +384,15 @@ def response_json(turn: ResponsesTurn, resp_id: str, created: int, model: str, s
 
 def completion_output(turn: ResponsesTurn, resp_id: str, completion: Completion,
                       status: str) -> list[dict[str, Any]]:
-    """A whole completion's output items: its text as one message, then its calls."""
+    """A whole completion's output items: its reasoning, its text as one message, then its
+    calls."""
     output: list[dict[str, Any]] = []
+    if completion.reasoning:
+        output.append(reasoning_item(turn, item_id("rs", resp_id, 0), completion.reasoning,
+                                     "completed" if completion.text or completion.tool_calls
+                                     else status))
     if completion.text:
-        output.append(message_item(item_id("msg", resp_id, 0), completion.text, status))
+        output.append(message_item(item_id("msg", resp_id, len(output)), completion.text, status))
     output += [call_item(item_id("fc", resp_id, len(output)), call, "completed", turn.namespaces)
                for call in completion.tool_calls]
     return output
