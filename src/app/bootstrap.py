@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from importlib import resources
+from typing import Literal, cast
 
 from ..adapters.fake_engine import FakeEngine, load_replies
 from ..adapters.http.app import HttpOptions, create_app
@@ -37,7 +38,8 @@ def spec_text() -> str:
 def build_engine(settings: Settings) -> InferenceEngine:
     if settings.engine == "fake":
         replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
-        return FakeEngine(replies, delay=settings.fake_delay)
+        thinking = cast(Literal["none", "hybrid", "forced"], settings.fake_thinking)  # a choice
+        return FakeEngine(replies, delay=settings.fake_delay, thinking=thinking)
     from ..adapters.mlx.engine import MlxEngine
 
     return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,

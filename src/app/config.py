@@ -25,6 +25,7 @@ from ..domain.worker import QueuePolicy
 _LIMITS, _QUEUE, _STARTUP, _IMAGES = ChatLimits(), QueuePolicy(), StartupPolicy(), ImagePolicy()
 
 ENGINES = ("mlx", "fake")
+FAKE_THINKING = ("none", "hybrid", "forced")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -43,6 +44,7 @@ class Settings:
     cpu_weights: str = "auto"  # on the CPU: dequantize 4/8-bit layers for the fast BLAS path
     fake_replies: Path | None = None
     fake_delay: float = 0.0  # fake engine: seconds per token (tests of slow streams)
+    fake_thinking: str = "none"  # fake engine: the thinking mode of its Qwen templates
     cache_dir: Path = attrs.field(factory=lambda: _cache_dir(os.environ))  # converted GGUF models
     # directories whose model directories / .gguf files clients may name; other local paths
     # are servable only when given as --model / --fallback-model
@@ -95,6 +97,8 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--cpu-weights", "cpu_weights", str, "CPU only: auto|dequantize|keep quantized layers"),
     ("--fake-replies", "fake_replies", Path, "fake engine: a JSON list of raw model outputs"),
     ("--fake-delay", "fake_delay", float, "fake engine: seconds per streamed token"),
+    ("--fake-thinking", "fake_thinking", str, "fake engine: the Qwen templates' thinking mode: "
+     "none (Instruct), hybrid (Qwen3's switch) or forced (a Thinking template)"),
     ("--max-body-mb", "max_body_mb", float, "larger request bodies get 413"),
     ("--max-tokens-cap", "max_tokens_cap", int, "completion length when a request sets none"),
     ("--max-image-bytes", "max_image_bytes", int, "largest image accepted"),
@@ -123,7 +127,8 @@ _SWITCHES = (  # flag -> (Settings field, value when given, help)
     ("--no-prefix-cache", "prefix_cache", False, "turn the KV prefix cache off"),
     ("--metrics-auth", "metrics_auth", True, "put /metrics behind --api-key too"),
 )
-_CHOICES = {"engine": ENGINES, "cpu_weights": ("auto", "dequantize", "keep"), "log_level": LOG_LEVELS}
+_CHOICES = {"engine": ENGINES, "cpu_weights": ("auto", "dequantize", "keep"), "log_level": LOG_LEVELS,
+            "fake_thinking": FAKE_THINKING}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:

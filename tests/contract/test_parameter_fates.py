@@ -144,9 +144,11 @@ MESSAGE_ACCEPTED: dict[str, Any] = {
     "system": [{"type": "text", "text": "Be brief."}], "stop_sequences": ["zzz"],
     "stream": False, "temperature": 0.5, "top_p": 0.9, "top_k": 5,
     "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"},
-    "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}},
+                      "effort": "medium"},  # effort: accepted, no effect (README)
     "metadata": {"user_id": "u-1"}, "cache_control": {"type": "ephemeral"},
-    "service_tier": "standard_only", "thinking": {"type": "disabled"}}
+    # Claude Code's default; on a model without a thinking mode it just answers
+    "service_tier": "standard_only", "thinking": {"type": "adaptive", "display": "omitted"}}
 MESSAGE_REFUSED: dict[str, Any] = {
     "speed": "fast",
     "container": "c-1", "inference_geo": "us", "diagnostics": {}, "mcp_servers": [{"name": "x"}]}
@@ -158,6 +160,18 @@ def test_every_messages_property_has_a_fate_in_the_readme() -> None:
         n for n, fate in MESSAGE_FATES.items() if fate != "refused")
     assert sorted(MESSAGE_REFUSED) == sorted(
         n for n, fate in MESSAGE_FATES.items() if fate == "refused")
+
+
+def test_messages_effort_is_documented_as_accepted_without_effect() -> None:
+    """`output_config.effort` has no fate row of its own (its parent is honoured for `format`):
+    the row, and the schema, say what it does."""
+    [row] = [line for line in README.split("\n") if line.startswith("| `output_config` |")
+             and "effort" in line]
+    assert "no effect" in row and all(f"`{value}`" in row or value in row
+                                      for value in ("low", "medium", "high", "xhigh", "max"))
+    effort = SCHEMAS["OutputConfig"]["properties"]["effort"]
+    assert effort["anyOf"][0]["enum"] == ["low", "medium", "high", "xhigh", "max"]
+    assert "no effect" in effort["description"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, f in MESSAGE_FATES.items() if f != "refused"))

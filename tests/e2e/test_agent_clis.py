@@ -166,12 +166,14 @@ class _Forward(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def recorded_server(tmp_path: Path, replies: list[str]) -> Iterator[tuple[Recorder, str]]:
-    """The fake engine serving `qwen` with these scripted replies, behind a Recorder."""
+def recorded_server(tmp_path: Path, replies: list[str], thinking: str = "none"
+                    ) -> Iterator[tuple[Recorder, str]]:
+    """The fake engine serving `qwen` with these scripted replies, behind a Recorder; `thinking`
+    is its Qwen template's thinking mode (`forced`: a Thinking template)."""
     script = tmp_path / "replies.json"
     script.write_text(json.dumps(replies))
     process, base = start_server(["--engine", "fake", "--model", "qwen", "--fake-replies",
-                                  str(script), "--api-key", KEY])
+                                  str(script), "--fake-thinking", thinking, "--api-key", KEY])
     recorder = Recorder(base)
     thread = threading.Thread(target=recorder.serve_forever, daemon=True)
     thread.start()
@@ -212,11 +214,11 @@ def hermes_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def claude_env(clis: dict[str, Any], home: Path, base: str) -> dict[str, str]:
-    """What README.md tells a Claude Code user to set, plus an isolated, quiet, offline HOME."""
+    """What README.md tells a Claude Code user to set, plus an isolated, quiet, offline HOME.
+    Thinking and effort stay at Claude Code's defaults (nothing CLAUDE_CODE_DISABLE_THINKING or
+    CLAUDE_CODE_EFFORT_LEVEL: _node_env drops any inherited CLAUDE* variable)."""
     return {**clis["env"], "HOME": str(home), "ANTHROPIC_BASE_URL": base,
             "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_MODEL": "qwen",
-            # the server refuses 'thinking' and 'output_config.effort' (400): these drop them
-            "CLAUDE_CODE_DISABLE_THINKING": "1", "CLAUDE_CODE_EFFORT_LEVEL": "unset",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1",
             "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
             "CLAUDE_CODE_MAX_RETRIES": "0"}  # fail fast: a retried error would hide behind backoff
@@ -233,13 +235,24 @@ def test_claude_code_prints_the_reply(agent_clis: dict[str, Any], tmp_path: Path
     assert done.stdout.strip() == reply, report
     bodies = recorder.bodies("/v1/messages")
     assert len(bodies) == 1 and bodies[0]["model"] == "qwen" and bodies[0]["stream"], report
+    assert_default_thinking(bodies[0], report)
+
+
+def assert_default_thinking(body: dict[str, Any], report: str) -> None:
+    """Claude Code's defaults reached the server as they are (no workaround variables)."""
+    assert body["thinking"] == {"type": "adaptive", "display": "omitted"}, report
+    assert body["output_config"]["effort"] in ("low", "medium", "high", "xhigh", "max"), report
 
 
 def test_claude_code_runs_bash_and_sends_the_result(agent_clis: dict[str, Any],
                                                      tmp_path: Path) -> None:
-    call = hermes_call("Bash", {"command": COMMAND, "description": "Print a marker"})
+    """On a Thinking template (the fake's `forced`): the model reasons before its call and its
+    answer; Claude Code gets thinking blocks without their text (display omitted)."""
+    call = "<think>Run it.</think>" + hermes_call(
+        "Bash", {"command": COMMAND, "description": "Print a marker"})
     final = "The command printed the marker."
-    with recorded_server(tmp_path, [call, final]) as (recorder, base):
+    with recorded_server(tmp_path, [call, "<think>It ran.</think>" + final],
+                         thinking="forced") as (recorder, base):
         env = claude_env(agent_clis, tmp_path / "home", recorder.base)
         (tmp_path / "home").mkdir()
         done, report = run_cli([agent_clis["claude"], "-p", "run the marker command",
@@ -259,6 +272,13 @@ def test_claude_code_runs_bash_and_sends_the_result(agent_clis: dict[str, Any],
     [use] = [block for message in bodies[1]["messages"] if message["role"] == "assistant"
              for block in message["content"] if block.get("type") == "tool_use"]
     assert use["name"] == "Bash" and use["id"] == results[0]["tool_use_id"], report
+    assert use["id"].startswith("toolu_"), report
+    for body in bodies:
+        assert_default_thinking(body, report)
+    thoughts = [block for message in bodies[1]["messages"] if message["role"] == "assistant"
+                for block in message["content"] if block.get("type") == "thinking"]
+    # the model's thinking block came back to Claude Code (omitted: no text) and is sent back
+    assert thoughts and all(block["thinking"] == "" for block in thoughts), report
     assert all(entry["status"] == 200 for entry in recorder.seen), report
 
 

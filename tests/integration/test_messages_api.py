@@ -4,6 +4,7 @@ streamed event sequence, tool use for both tool families, stops, errors, count_t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import falcon.testing
@@ -115,7 +116,7 @@ def test_tool_use_round_trip(family: str) -> None:
     assert first.json["stop_reason"] == "tool_use"
     text, call = first.json["content"]
     assert text == {"type": "text", "text": "Let me look."}
-    assert call == {"type": "tool_use", "id": call["id"], "name": "get_weather",
+    assert call == {"type": "tool_use", "id": "toolu_2", "name": "get_weather",  # of call_2
                     "input": {"city": "Paris", "days": 3}}
     second = post(client, model=family, tools=[WEATHER], messages=[
         *ASK, {"role": "assistant", "content": first.json["content"]},
@@ -149,7 +150,7 @@ def test_streamed_tool_use_sends_its_input_as_json_deltas(family: str) -> None:
     assert [s["content_block"]["type"] for s in starts] == ["text", "tool_use"]
     assert [s["index"] for s in starts] == [0, 1]
     tool_block = starts[1]["content_block"]
-    assert tool_block["name"] == "get_weather" and tool_block["input"] == {}
+    assert tool_block == {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}}
     partial = "".join(d["delta"]["partial_json"] for n, d in sequence
                       if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
     assert json.loads(partial) == {"city": "Paris", "days": 3}
@@ -318,3 +319,56 @@ def test_a_busy_server_is_529_overloaded_with_retry_after(monkeypatch: pytest.Mo
     assert int(result.headers["retry-after"]) > 0
     chat = client.simulate_post("/v1/chat/completions", json={"model": "gemma", "messages": ASK})
     assert chat.status_code == 503 and chat.json["error"]["code"] == "server_busy"
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high", "xhigh", "max", None])
+def test_every_effort_is_accepted_and_changes_nothing(effort: str | None) -> None:
+    """The served models have no degrees of effort: the answer is the one without it."""
+    engine = RecordingEngine(["<think>plan</think>Sunny."])
+    client = client_for(engine=engine)
+    plain = post(client, model="qwen")
+    result = post(client, model="qwen", output_config={"effort": effort})
+    assert result.status_code == 200, result.text
+    assert result.json["content"] == plain.json["content"]
+    assert engine.prompts[0] == engine.prompts[1]
+    counted = client.simulate_post("/v1/messages/count_tokens", json={
+        "model": "qwen", "messages": ASK, "output_config": {"effort": effort}})
+    assert counted.status_code == 200, counted.text
+
+
+def test_an_unknown_effort_is_400_naming_it() -> None:
+    result = post(client_for("hi"), output_config={"effort": "extreme"})
+    assert "'output_config.effort'" in anthropic_error(result, 400, "invalid_request_error")
+
+
+CAPTURED = Path(__file__).parents[1] / "support" / "captured" / "claude_code_request.json"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_claude_codes_default_request_is_answered(stream: bool) -> None:
+    """Claude Code 2.1.328's first request with every default (`claude -p "say hi"`, captured;
+    long texts shortened): adaptive thinking with display omitted, output_config.effort,
+    context_management, a role "system" message, defer_loading, cache_control, ?beta=true and
+    its headers. Only the model is one served here (what ANTHROPIC_MODEL does; Claude Code then
+    asks 32000 max_tokens, not the 128000 it asks an Opus), and `stream` is both."""
+    captured = json.loads(CAPTURED.read_text())
+    body = captured["body"]
+    assert body["thinking"] == {"type": "adaptive", "display": "omitted"}
+    assert body["output_config"] == {"effort": "medium"}
+    for thinking, reply in (("none", "Hi!"), ("forced", "<think>greet</think>Hi!")):
+        engine = FakeEngine([reply], thinking=thinking)  # type: ignore[arg-type]
+        result = client_for(engine=engine).simulate_post(
+            captured["path"], params={"beta": "true"}, headers=captured["headers"],
+            json={**body, "model": "qwen", "max_tokens": 32000, "stream": stream})
+        assert result.status_code == 200, result.text
+        if stream:
+            blocks = [data["content_block"] for name, data in events(result)
+                      if name == "content_block_start"]
+            deltas = [data["delta"]["type"] for name, data in events(result)
+                      if name == "content_block_delta"]
+            assert "thinking_delta" not in deltas
+        else:
+            blocks = result.json["content"]
+        expected = ["text"] if thinking == "none" else ["thinking", "text"]
+        assert [block["type"] for block in blocks] == expected
+        assert all(block["thinking"] == "" for block in blocks if block["type"] == "thinking")

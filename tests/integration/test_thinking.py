@@ -186,6 +186,94 @@ def test_the_anthropic_sdk_accumulates_the_thinking_stream() -> None:
     assert snapshot.content[0].signature == ""
 
 
+@pytest.mark.parametrize(("model", "thinking"), [("qwen", "none"), ("gemma", "forced")])
+def test_messages_adaptive_on_a_model_without_thinking_just_answers(
+        model: str, thinking: Literal["none", "hybrid", "forced"]) -> None:
+    """An Instruct template (no thinking mode), and a family with no reasoning markers at all:
+    adaptive leaves it to the model, which does not think; `enabled` asks and is refused."""
+    client = fake("Sunny.", thinking=thinking)
+    result = messages(client, model=model, thinking={"type": "adaptive"})
+    assert result.status_code == 200, result.text
+    assert result.json["content"] == [{"type": "text", "text": "Sunny."}]
+    streamed = messages(client, model=model, thinking={"type": "adaptive"}, stream=True)
+    assert '"thinking"' not in streamed.text and "Sunny." in streamed.text
+    refused = messages(client, model=model, thinking={"type": "enabled", "budget_tokens": 1024},
+                       max_tokens=1024)
+    assert (refused.status_code, refused.json["error"]["type"]) == (400, "invalid_request_error")
+    assert "'thinking'" in refused.json["error"]["message"]
+
+
+@pytest.mark.parametrize("thinking", ["forced", "hybrid"])
+def test_messages_adaptive_on_a_thinking_template_thinks(
+        thinking: Literal["none", "hybrid", "forced"]) -> None:
+    result = messages(fake("<think>plan</think>Sunny.", thinking=thinking),
+                      thinking={"type": "adaptive"})
+    assert result.json["content"] == [{"type": "thinking", "thinking": "plan", "signature": ""},
+                                      {"type": "text", "text": "Sunny."}]
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "enabled"])
+def test_messages_display_omitted_returns_an_empty_thinking_block(kind: str) -> None:
+    config: dict[str, Any] = {"type": kind, "display": "omitted"}
+    if kind == "enabled":
+        config["budget_tokens"] = 1024  # at least max_tokens (64): it cannot bind
+    client = fake("<think>plan it well</think>Sunny.")
+    shown = messages(client, thinking={**config, "display": "summarized"})
+    result = messages(client, thinking=config)
+    assert result.status_code == 200, result.text
+    assert result.json["content"] == [{"type": "thinking", "thinking": "", "signature": ""},
+                                      {"type": "text", "text": "Sunny."}]
+    assert shown.json["content"][0]["thinking"] == "plan it well"
+    # the model reasoned all the same
+    assert result.json["usage"]["output_tokens"] == shown.json["usage"]["output_tokens"]
+
+
+def test_messages_display_omitted_streams_no_thinking_text() -> None:
+    from anthropic.lib.streaming._messages import accumulate_event
+    from anthropic.types import RawMessageStreamEvent
+    from pydantic import TypeAdapter
+
+    client = fake("<think>plan it well</think>Sunny.")
+    result = messages(client, thinking={"type": "adaptive", "display": "omitted"}, stream=True)
+    events = [json.loads(line[6:]) for line in result.text.splitlines()
+              if line.startswith("data: ")]
+    kinds = [(e["type"], e.get("delta", e.get("content_block", {})).get("type")) for e in events]
+    assert kinds[2:6] == [("content_block_start", "thinking"),
+                          ("content_block_delta", "signature_delta"),
+                          ("content_block_stop", None), ("content_block_start", "text")]
+    assert "plan" not in result.text
+    shown = messages(client, stream=True)
+    shown_events = [json.loads(line[6:]) for line in shown.text.splitlines()
+                    if line.startswith("data: ")]
+    assert events[-2]["usage"]["output_tokens"] == shown_events[-2]["usage"]["output_tokens"]
+    adapter: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+    snapshot = None
+    buffers: dict[int, bytes] = {}
+    for event in events:
+        if event["type"] != "ping":
+            snapshot = accumulate_event(event=adapter.validate_python(event),
+                                        current_snapshot=snapshot, json_bufs=buffers)
+    assert snapshot is not None
+    assert [block.type for block in snapshot.content] == ["thinking", "text"]
+    assert (snapshot.content[0].thinking, snapshot.content[0].signature) == ("", "")
+    assert snapshot.content[1].text == "Sunny."
+
+
+def test_messages_an_omitted_thinking_block_sent_back_is_dropped() -> None:
+    engine = FakeEngine(["<think>ok</think>Welcome."], thinking="forced")
+    prompts: list[Any] = []
+    prepare = engine.prepare
+    engine.prepare = lambda prompt: (prompts.append(prompt), prepare(prompt))[1]  # type: ignore[method-assign]
+    client = ConnectedTestClient(build(Settings(engine="fake"), engine=engine, ids=CountingIds()))
+    history = [*ASK, {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "", "signature": ""}, {"type": "text", "text": "Sunny."}]},
+        {"role": "user", "content": "Thanks"}]
+    result = messages(client, messages=history, thinking={"type": "adaptive", "display": "omitted"})
+    assert result.status_code == 200, result.text
+    assistant = prompts[-1].messages[-2]
+    assert (assistant.text, assistant.reasoning) == ("Sunny.", None)
+
+
 # -- real MLX: the tiny Qwen3-VL Thinking and the tiny hybrid Qwen3 -------------------------------
 
 def mlx_client(path: Path, tmp_path_factory: pytest.TempPathFactory, name: str

@@ -3,7 +3,8 @@
 
 A stream is Anthropic's event sequence: `message_start`, `ping`, then per content block
 `content_block_start` / `content_block_delta` (`thinking_delta` then `signature_delta` for the
-reasoning, `text_delta`, or `input_json_delta` for a tool's input) / `content_block_stop`,
+reasoning (only the `signature_delta` with `thinking.display: "omitted"`), `text_delta`, or
+`input_json_delta` for a tool's input) / `content_block_stop`,
 then `message_delta` (stop reason, stop sequence, usage) and `message_stop`. An error after
 the status line is one `error` event.
 """
@@ -24,7 +25,15 @@ from . import sse
 from .disconnect import ClientGone, while_connected
 from .errors import anthropic_envelope, status_of
 from .json_body import read_json
-from .messages_codec import MessagesCodec, message_id, message_json, stop_reason, usage_json
+from .messages_codec import (
+    MessagesCodec,
+    MessagesTurn,
+    message_id,
+    message_json,
+    stop_reason,
+    tool_use_id,
+    usage_json,
+)
 from .resources import CLIENT_CLOSED_REQUEST, answer
 from .sse import EventDispatch
 
@@ -38,8 +47,9 @@ def sse_event(name: str, data: dict[str, object]) -> bytes:
 class EventWriter(EventDispatch):
     """Anthropic's events for one message: knows which content block is open."""
 
-    def __init__(self, start: StreamStart) -> None:
+    def __init__(self, start: StreamStart, omit_thinking: bool = False) -> None:
         self._start = start
+        self._omit_thinking = omit_thinking  # the thinking block comes without its text
         self._index = -1  # the last block started
         self._open: str | None = None  # "text" or "tool_use" while a block is open
 
@@ -65,11 +75,13 @@ class EventWriter(EventDispatch):
         out = b""
         if self._open != "thinking":
             out += self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        if self._omit_thinking:
+            return out
         return out + self._delta({"type": "thinking_delta", "thinking": event.text})
 
     def call_started(self, event: CallStarted) -> bytes:
-        return self._begin("tool_use", {"type": "tool_use", "id": event.id, "name": event.name,
-                                        "input": {}})
+        return self._begin("tool_use", {"type": "tool_use", "id": tool_use_id(event.id),
+                                        "name": event.name, "input": {}})
 
     def call_arguments(self, event: CallArguments) -> bytes:
         return self._delta({"type": "input_json_delta", "partial_json": event.text})
@@ -102,11 +114,12 @@ class EventWriter(EventDispatch):
         return out + sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index})
 
 
-def render(events: ChatStream) -> AsyncIterator[falcon.asgi.SSEvent]:
+def render(events: ChatStream, omit_thinking: bool = False
+           ) -> AsyncIterator[falcon.asgi.SSEvent]:
     """Anthropic's events for `events`: no `[DONE]`, a late error as an `error` event. Closing
     it (a client that left) closes `events`, which stops the generation."""
-    return sse.render(events, False, lambda start, _: EventWriter(start), done=b"",
-                      error_event=_error_event)
+    return sse.render(events, False, lambda start, _: EventWriter(start, omit_thinking),
+                      done=b"", error_event=_error_event)
 
 
 def _error_event(error: DomainError) -> bytes:
@@ -124,9 +137,12 @@ class MessagesResource:
         self._max_body, self._body_timeout = max_body_bytes, body_timeout
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        request = await read_json(req, self._max_body, self._body_timeout,
-                                  self._codec.create_request)
-        await answer(req, resp, self._service, request, message_json, render)
+        turn: MessagesTurn = await read_json(req, self._max_body, self._body_timeout,
+                                             self._codec.create_request)
+        omit = turn.omit_thinking
+        await answer(req, resp, self._service, turn.request,
+                     lambda completion: message_json(completion, omit),
+                     lambda events: render(events, omit))
 
     async def on_post_count(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = await read_json(req, self._max_body, self._body_timeout,

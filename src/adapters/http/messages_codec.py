@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from ...domain.completion import Completion, FinishReason, Usage
 from ...domain.conversation import (
     ChatRequest,
@@ -44,6 +46,15 @@ COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "output_c
 TOOL_ERROR_PREFIX = "Error: "  # a tool_result with is_error: the model reads that the call failed
 
 
+@attrs.frozen
+class MessagesTurn:
+    """A Messages request, translated: the chat request, and whether the answer leaves the
+    reasoning's text out (`thinking.display: "omitted"`)."""
+
+    request: ChatRequest
+    omit_thinking: bool = False
+
+
 class MessagesCodec:
     def __init__(self, spec: dict[str, Any]) -> None:
         self._create = RequestValidator(spec, "CreateMessageRequest",
@@ -51,9 +62,10 @@ class MessagesCodec:
         self._count = RequestValidator(spec, "CountMessageTokensRequest",
                                        unsupported=UNSUPPORTED_PARAMETERS, only_with={})
 
-    def create_request(self, body: Any) -> ChatRequest:
+    def create_request(self, body: Any) -> MessagesTurn:
         self._create.validate(body)
-        return to_request(body)
+        display = (body.get("thinking") or {}).get("display")
+        return MessagesTurn(to_request(body), omit_thinking=display == "omitted")
 
     def count_request(self, body: Any) -> ChatRequest:
         """Only the fields count_tokens takes are read (the others are not validated there)."""
@@ -83,15 +95,15 @@ def to_request(body: Mapping[str, Any]) -> ChatRequest:
 
 
 def _thinking(config: Mapping[str, Any] | None, max_tokens: float | None) -> bool | None:
-    """`enabled` and `adaptive` turn reasoning on, `disabled` off; absent: the model's default.
-    A budget is honoured only where it cannot bind (at least `max_tokens`): this server does not
-    cut reasoning short at a budget, so a smaller one is refused rather than ignored."""
-    if not config:
+    """`enabled` turns reasoning on (refused where the model cannot think), `disabled` off;
+    `adaptive` ("the model decides") and absent leave it to the model: its template's default
+    (on for a thinking template; a model without a thinking mode simply does not think).
+    `display` only shapes the answer (MessagesTurn), and `output_config.effort` has no effect:
+    these models have no degrees of effort. A budget is honoured only where it cannot bind (at
+    least `max_tokens`): this server does not cut reasoning short at a budget, so a smaller one
+    is refused rather than ignored."""
+    if not config or config["type"] == "adaptive":
         return None
-    if config.get("display") == "omitted":
-        raise InvalidRequest("Unsupported parameter: 'thinking.display' 'omitted' is not "
-                             "supported by this server (thinking is returned as written).",
-                             param="thinking.display", code="unsupported_parameter")
     budget = config.get("budget_tokens")
     if config["type"] == "enabled" and max_tokens is not None and budget is not None \
             and budget < max_tokens:
@@ -100,7 +112,7 @@ def _thinking(config: Mapping[str, Any] | None, max_tokens: float | None) -> boo
             "server cannot stop the reasoning at a budget. Set budget_tokens to at least "
             "max_tokens (reasoning and answer then share max_tokens), or disable thinking.",
             param="thinking.budget_tokens", code="unsupported_value")
-    return bool(config["type"] != "disabled")
+    return bool(config["type"] == "enabled")
 
 
 def _integer(value: float | None) -> int | None:
@@ -139,9 +151,10 @@ def _assistant(content: str | Sequence[Mapping[str, Any]]) -> Message:
     parts: list[Part] = [TextPart(block["text"]) for block in content if block["type"] == "text"]
     calls = tuple(ToolCall(block["id"], block["name"], json.dumps(block["input"]))
                   for block in content if block["type"] == "tool_use")
-    # the model's own reasoning, sent back (its signature is this server's empty one);
-    # redacted_thinking has nothing readable and is dropped
-    thoughts = [block["thinking"] for block in content if block["type"] == "thinking"]
+    # the model's own reasoning, sent back (its signature is this server's empty one); an
+    # omitted one (empty text) and redacted_thinking have nothing readable and are dropped
+    thoughts = [block["thinking"] for block in content
+                if block["type"] == "thinking" and block["thinking"]]
     return Message(Role.ASSISTANT, tuple(parts), tool_calls=calls,
                    reasoning="\n\n".join(thoughts) if thoughts else None)
 
@@ -207,6 +220,12 @@ def message_id(completion_id: str) -> str:
     return "msg_" + completion_id.rsplit("-", 1)[-1]
 
 
+def tool_use_id(call_id: str) -> str:
+    """Anthropic's `toolu_` id for the domain's `call_` id (same random part). A client sends it
+    back as it is, and it is only ever used as given (matching a tool_result to its call)."""
+    return "toolu_" + call_id.split("_", 1)[-1]
+
+
 def stop_reason(finish_reason: FinishReason, stop_sequence: str | None) -> str:
     if finish_reason is FinishReason.TOOL_CALLS:
         return "tool_use"
@@ -232,13 +251,17 @@ def tool_input(arguments: str) -> Any:
         return {}
 
 
-def message_json(completion: Completion) -> dict[str, Any]:
+def message_json(completion: Completion, omit_thinking: bool = False) -> dict[str, Any]:
+    """The answer; with `omit_thinking` the thinking block is there with an empty text (the
+    model reasoned, and `usage.output_tokens` counts it, but the text is not returned)."""
     content: list[dict[str, Any]] = []
     if completion.reasoning:
-        content.append({"type": "thinking", "thinking": completion.reasoning, "signature": ""})
+        content.append({"type": "thinking",
+                        "thinking": "" if omit_thinking else completion.reasoning,
+                        "signature": ""})
     if completion.text:
         content.append({"type": "text", "text": completion.text})
-    content += [{"type": "tool_use", "id": call.id, "name": call.name,
+    content += [{"type": "tool_use", "id": tool_use_id(call.id), "name": call.name,
                  "input": tool_input(call.arguments)} for call in completion.tool_calls]
     return {"id": message_id(completion.id), "type": "message", "role": "assistant",
             "model": completion.model, "content": content,
