@@ -121,6 +121,9 @@ def steer_thinking(body: dict[str, Any]) -> None:
     kwargs = body.get("chat_template_kwargs")
     if isinstance(kwargs, dict) and kwargs.get("enable_thinking") is not None:
         kwargs["enable_thinking"] = False
+    reasoning = body.get("reasoning")  # the Responses API's
+    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
+        reasoning["effort"] = "none"
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
         body["thinking"] = {"type": "disabled"}

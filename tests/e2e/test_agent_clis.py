@@ -292,15 +292,7 @@ def codex_env(clis: dict[str, Any], tmp_path: Path, base: str) -> dict[str, str]
     (home / "config.toml").write_text(f"""\
 model = "qwen"
 model_provider = "mlx-server"
-# tools and fields the server cannot honour
-web_search = "disabled"
-model_reasoning_summary = "none"
-
-[features]
-goals = false
-
-[agents]
-enabled = false
+web_search = "disabled"  # the one hosted tool Codex sends: the server runs none
 
 [model_providers.mlx-server]
 name = "mlx-server"
@@ -329,6 +321,12 @@ def test_codex_prints_the_reply(agent_clis: dict[str, Any], tmp_path: Path) -> N
     assert done.stdout.strip() == reply, report
     bodies = recorder.bodies("/v1/responses")
     assert len(bodies) == 1 and bodies[0]["model"] == "qwen" and bodies[0]["stream"], report
+    # Codex's own defaults reached the server and were served: its sub-agent namespace, a
+    # reasoning summary, encrypted reasoning
+    body = bodies[0]
+    assert any(tool["type"] == "namespace" for tool in body["tools"]), report
+    assert body["reasoning"].get("summary") == "auto", report
+    assert body["include"] == ["reasoning.encrypted_content"] and body["store"] is False, report
 
 
 def test_codex_runs_a_command_and_sends_the_output(agent_clis: dict[str, Any],
