@@ -96,15 +96,15 @@ class ResponsesCodec:
             _refuse_hosted_tools(body.get("tools"))
             _refuse_summaries(body.get("reasoning"))
         self._create.validate(body)
-        previous = body.get("previous_response_id")
-        items = (*(self._previous_items(previous) if previous is not None else ()),
-                 *_input_items(body["input"]))
-        tools, namespaces = _tools(body.get("tools") or ())
-        request = to_request(body, items, tools)
-        if not request.messages:
+        inputs = _input_items(body["input"])
+        if all(item.get("type") == "reasoning" for item in inputs):  # openapi.yaml: `contains`
             raise InvalidRequest("'input' holds no message, call or call output to answer (only "
                                  "reasoning items).", param="input", code="invalid_value")
-        return ResponsesTurn(request=request, echo=_echo(body),
+        previous = body.get("previous_response_id")
+        items = (*(self._previous_items(previous) if previous is not None else ()),
+                 *inputs)
+        tools, namespaces = _tools(body.get("tools") or ())
+        return ResponsesTurn(request=to_request(body, items, tools), echo=_echo(body),
                              items=items, namespaces=namespaces, store=body.get("store") is not False,
                              encrypted_reasoning=ENCRYPTED_REASONING in (body.get("include") or ()))
 
