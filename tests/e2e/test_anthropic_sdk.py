@@ -90,3 +90,59 @@ def test_errors_are_the_sdks_exceptions(server: str, client: anthropic.Anthropic
     wrong = anthropic.Anthropic(base_url=server, api_key="wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.create(model="qwen", max_tokens=8, messages=ASK)
+
+
+GEMMA_CALL = '```tool_code\nget_weather(city="Paris")\n```'
+
+
+def test_tool_use_round_trip_on_the_gemma_family(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same round trip, streamed, where the model writes Gemma 3's ```tool_code calls."""
+    replies = tmp_path_factory.mktemp("anthropic-gemma") / "replies.json"
+    replies.write_text(json.dumps([f"Let me look. {GEMMA_CALL}", SUNNY]))
+    process, base = start_server(["--engine", "fake", "--model", "gemma", "--fake-replies",
+                                  str(replies)])
+    try:
+        client = anthropic.Anthropic(base_url=base, api_key="any", max_retries=0)
+        with client.messages.stream(model="gemma", max_tokens=64, messages=ASK,
+                                    tools=[WEATHER]) as stream:
+            first = stream.get_final_message()
+        assert first.stop_reason == "tool_use"
+        text, call = first.content
+        assert text.type == "text" and text.text == "Let me look."
+        assert call.type == "tool_use" and call.id.startswith("toolu_")
+        assert (call.name, call.input) == ("get_weather", {"city": "Paris"})
+        with client.messages.stream(model="gemma", max_tokens=64, tools=[WEATHER], messages=[
+                *ASK, {"role": "assistant", "content": first.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                              "content": "18 C and sunny"}]}]) as stream:
+            answer = stream.get_final_message()
+        assert answer.content[0].text == SUNNY  # type: ignore[union-attr]
+        assert answer.stop_reason == "end_turn"
+    finally:
+        stop_server(process)
+
+
+@pytest.mark.slow
+def test_smollm_through_the_sdk(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Real MLX inference (the built-in SmolLM2) behind the SDK: create, the stream helper and
+    count_tokens agree with each other."""
+    cache = tmp_path_factory.mktemp("mlx-server-cache")
+    process, base = start_server(["--model", "smollm", "--cache-dir", str(cache)])
+    try:
+        client = anthropic.Anthropic(base_url=base, api_key="any", max_retries=0)
+        question: Any = [{"role": "user", "content": "What is the capital of France?"}]
+        greedy: Any = {"temperature": 0}  # the SDK's current API version has no sampling fields
+        done = client.messages.create(model="smollm", max_tokens=12, messages=question,
+                                      extra_body=greedy)
+        text = done.content[0].text  # type: ignore[union-attr]
+        assert "Paris" in text and done.stop_reason in ("end_turn", "max_tokens")
+        with client.messages.stream(model="smollm", max_tokens=12, messages=question,
+                                    extra_body=greedy) as stream:
+            streamed = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert streamed == text and final.usage.output_tokens == done.usage.output_tokens
+        counted = client.messages.count_tokens(model="smollm", messages=question)
+        assert counted.input_tokens == done.usage.input_tokens + (
+            done.usage.cache_read_input_tokens or 0)
+    finally:
+        stop_server(process)
