@@ -16,7 +16,7 @@ from mlx_server.app.config import Settings
 from mlx_server.domain.conversation import Role
 from mlx_server.domain.ports import PreparedPrompt, PromptInput
 from tests.support.fakes import CountingIds
-from tests.support.http import ConnectedTestClient
+from tests.support.http import ConnectedTestClient, named_events
 from tests.support.images import data_uri, png_bytes
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
@@ -60,15 +60,7 @@ def post(client: falcon.testing.TestClient, path: str = "/v1/messages",
 
 
 def events(result: falcon.testing.Result) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for block in result.text.split("\n\n"):
-        if block.strip():
-            name, data = block.split("\n", 1)
-            assert name.startswith("event: ") and data.startswith("data: ")
-            payload = json.loads(data[6:])
-            assert payload["type"] == name[7:] or name == "event: error"
-            out.append((name[7:], payload))
-    return out
+    return named_events(result.text)
 
 
 def test_a_text_reply_is_an_anthropic_message() -> None:

@@ -12,23 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_server.adapters.mlx.engine import MlxEngine
-from mlx_server.adapters.store.catalog import StaticCatalog
-from mlx_server.app.bootstrap import build
-from mlx_server.app.config import Settings
-from mlx_server.domain.families import GENERIC
-from mlx_server.domain.models import ModelRef
-from tests.support.http import ConnectedTestClient
-
 pytestmark = pytest.mark.slow
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Tell me a short story."}]
 
 
 @pytest.fixture(scope="module")
-def client(smollm_dir: Path) -> falcon.testing.TestClient:
-    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir), GENERIC.name, 8192)})
-    return ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
+def client(smollm_client: falcon.testing.TestClient) -> falcon.testing.TestClient:
+    return smollm_client
 
 
 def chat(client: falcon.testing.TestClient, messages: Any = PARIS, **body: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from mlx_server.domain.completion import GenerationStep
 from mlx_server.domain.conversation import ResponseFormat, Role, SamplingParams
 from mlx_server.domain.ports import PreparedPrompt, PromptInput
 from tests.support.fakes import CountingIds
-from tests.support.http import ConnectedTestClient
+from tests.support.http import ConnectedTestClient, named_events
 from tests.support.images import data_uri, png_bytes
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -77,15 +77,8 @@ def post(client: falcon.testing.TestClient, **body: Any) -> falcon.testing.Resul
 
 
 def events(result: falcon.testing.Result) -> list[dict[str, Any]]:
-    """The stream's events, each checked: `event:` names its data's `type`."""
-    out = []
-    for block in result.text.split("\n\n"):
-        if block.strip():
-            name, data = block.split("\n", 1)
-            assert name.startswith("event: ") and data.startswith("data: ")
-            payload = json.loads(data[6:])
-            assert payload["type"] == name[7:]
-            out.append(payload)
+    """The stream's events, each checked: named by its `type`, numbered in order."""
+    out = [payload for _, payload in named_events(result.text)]
     assert [event["sequence_number"] for event in out] == list(range(len(out)))
     return out
 

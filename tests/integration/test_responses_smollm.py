@@ -4,18 +4,9 @@ stored response is continued by previous_response_id."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import falcon.testing
 import pytest
-
-from mlx_server.adapters.mlx.engine import MlxEngine
-from mlx_server.adapters.store.catalog import StaticCatalog
-from mlx_server.app.bootstrap import build
-from mlx_server.app.config import Settings
-from mlx_server.domain.families import GENERIC
-from mlx_server.domain.models import ModelRef
-from tests.support.http import ConnectedTestClient
 
 pytestmark = pytest.mark.slow
 BODY = {"model": "smollm", "max_output_tokens": 12, "temperature": 0,
@@ -23,9 +14,8 @@ BODY = {"model": "smollm", "max_output_tokens": 12, "temperature": 0,
 
 
 @pytest.fixture(scope="module")
-def client(smollm_dir: Path) -> falcon.testing.TestClient:
-    catalog = StaticCatalog({"smollm": ModelRef("smollm", str(smollm_dir), GENERIC.name, 8192)})
-    return ConnectedTestClient(build(Settings(), engine=MlxEngine(), catalog=catalog))
+def client(smollm_client: falcon.testing.TestClient) -> falcon.testing.TestClient:
+    return smollm_client
 
 
 def test_smollm_answers_through_responses(client: falcon.testing.TestClient) -> None:

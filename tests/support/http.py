@@ -9,6 +9,7 @@ waits for the whole response, as a real client does. It also calls the server by
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import falcon.testing
@@ -28,3 +29,17 @@ class ConnectedTestClient(falcon.testing.TestClient):
             body = await streamed.stream.read()
             await streamed.finalize()
         return falcon.testing.Result([body], streamed.status, list(streamed.headers.items()))
+
+
+def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """A stream of named server-sent events (Anthropic's, the Responses API's), each checked:
+    `event:` names its data's `type` (Anthropic's `error` event aside)."""
+    out = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            name, data = block.split("\n", 1)
+            assert name.startswith("event: ") and data.startswith("data: ")
+            payload = json.loads(data[6:])
+            assert payload["type"] == name[7:] or name == "event: error"
+            out.append((name[7:], payload))
+    return out
