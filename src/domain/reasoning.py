@@ -19,6 +19,11 @@ a reply splits as the whole does.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+
+import attrs
+
+from .conversation import Message, Role
 
 BEFORE, INSIDE, AFTER = 0, 1, 2  # looking for an opening marker; in the block; in the answer
 
@@ -121,3 +126,19 @@ def split_whole(text: str, markers: tuple[str, str], start: Start) -> tuple[str,
     reasoning, answer = splitter.feed(text)
     more_reasoning, more_answer = splitter.finish()
     return reasoning + more_reasoning, answer + more_answer
+
+
+def keep_reasoning(messages: Sequence[Message], turns: int) -> tuple[Message, ...]:
+    """The conversation with the reasoning of all but the last `turns` assistant turns cleared
+    (Anthropic's `clear_thinking` context edit): a template that shows earlier reasoning shows
+    only what is kept."""
+    kept = 0
+    out = list(messages)
+    for index in range(len(out) - 1, -1, -1):
+        message = out[index]
+        if message.role is not Role.ASSISTANT:
+            continue
+        if kept >= turns and message.reasoning is not None:
+            out[index] = attrs.evolve(message, reasoning=None)
+        kept += 1
+    return tuple(out)

@@ -148,7 +148,8 @@ MESSAGE_ACCEPTED: dict[str, Any] = {
                       "effort": "medium"},  # effort: accepted, no effect (README)
     "metadata": {"user_id": "u-1"}, "cache_control": {"type": "ephemeral"},
     # Claude Code's default; on a model without a thinking mode it just answers
-    "service_tier": "standard_only", "thinking": {"type": "adaptive", "display": "omitted"}}
+    "service_tier": "standard_only", "thinking": {"type": "adaptive", "display": "omitted"},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}}
 MESSAGE_REFUSED: dict[str, Any] = {
     "speed": "fast",
     "container": "c-1", "inference_geo": "us", "diagnostics": {}, "mcp_servers": [{"name": "x"}]}

@@ -364,3 +364,45 @@ def test_claude_codes_default_request_is_answered(stream: bool) -> None:
         expected = ["text"] if thinking == "none" else ["thinking", "text"]
         assert [block["type"] for block in blocks] == expected
         assert all(block["thinking"] == "" for block in blocks if block["type"] == "thinking")
+
+
+# -- context_management: clear_thinking ---------------------------------------------------------
+
+def _thinking_turns(edits: Any) -> list[str | None]:
+    engine = RecordingEngine(["Fine."])
+    turns = [{"role": "user", "content": "One?"},
+             {"role": "assistant", "content": [{"type": "thinking", "thinking": "first",
+                                                "signature": ""}, {"type": "text", "text": "1"}]},
+             {"role": "user", "content": "Two?"},
+             {"role": "assistant", "content": [{"type": "thinking", "thinking": "second",
+                                                "signature": ""}, {"type": "text", "text": "2"}]},
+             {"role": "user", "content": "Three?"}]
+    body: dict[str, Any] = {"messages": turns}
+    if edits is not None:
+        body["context_management"] = {"edits": edits}
+    result = post(client_for(engine=engine), **body)
+    assert result.status_code == 200, result.text
+    return [m.reasoning for m in engine.prompts[-1].messages if m.role is Role.ASSISTANT]
+
+
+def test_clear_thinking_keeps_the_reasoning_of_the_last_turns_only() -> None:
+    edit = "clear_thinking_20251015"
+    assert _thinking_turns(None) == ["first", "second"]
+    assert _thinking_turns([{"type": edit, "keep": "all"}]) == ["first", "second"]
+    assert _thinking_turns([{"type": edit, "keep": {"type": "all"}}]) == ["first", "second"]
+    assert _thinking_turns([{"type": edit}]) == [None, "second"]  # Anthropic's default: 1
+    assert _thinking_turns([{"type": edit, "keep": {"type": "thinking_turns", "value": 2}}]) \
+        == ["first", "second"]
+
+
+def test_other_context_edits_are_refused_by_name() -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        result = client_for("x").simulate_post(path, json={
+            "model": "qwen", "max_tokens": 8, "messages": ASK, "context_management": {"edits": [
+                {"type": "clear_thinking_20251015"}, {"type": "clear_tool_uses_20250919"}]}})
+        assert result.status_code == 400, result.text
+        assert "context_management.edits[1].type" in result.json["error"]["message"]
+    counted = client_for("x").simulate_post("/v1/messages/count_tokens", json={
+        "model": "qwen", "messages": ASK,
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}})
+    assert counted.status_code == 200, counted.text

@@ -9,6 +9,7 @@ and sampling all land on the same `ChatRequest`.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from ...domain.conversation import (
     ToolSpec,
 )
 from ...domain.errors import InvalidRequest
+from ...domain.reasoning import keep_reasoning
 from .validation import RequestValidator
 
 # Anthropic request fields this server does not implement: accepted only at their no-op value
@@ -42,7 +44,10 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "mcp_servers": ([],),
 }
 # what shapes a prompt: the fields of count_tokens' request that the translation reads
-COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "output_config")
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "output_config",
+                "context_management")
+CLEAR_THINKING = "clear_thinking_20251015"  # the one context edit served (the others: 400)
+DEFAULT_THINKING_TURNS = 1  # Anthropic's default `keep` for clear_thinking
 TOOL_ERROR_PREFIX = "Error: "  # a tool_result with is_error: the model reads that the call failed
 
 
@@ -63,12 +68,14 @@ class MessagesCodec:
                                        unsupported=UNSUPPORTED_PARAMETERS, only_with={})
 
     def create_request(self, body: Any) -> MessagesTurn:
+        _refuse_context_edits(body)
         self._create.validate(body)
         display = (body.get("thinking") or {}).get("display")
         return MessagesTurn(to_request(body), omit_thinking=display == "omitted")
 
     def count_request(self, body: Any) -> ChatRequest:
         """Only the fields count_tokens takes are read (the others are not validated there)."""
+        _refuse_context_edits(body)
         self._count.validate(body)
         return to_request({name: body[name] for name in COUNT_FIELDS if name in body})
 
@@ -77,9 +84,12 @@ def to_request(body: Mapping[str, Any]) -> ChatRequest:
     tools = tuple(ToolSpec(tool["name"], tool.get("description") or "", tool["input_schema"])
                   for tool in body.get("tools") or ())
     choice = body.get("tool_choice") or {}
+    messages = to_messages(body.get("system"), body["messages"])
+    for edit in (body.get("context_management") or {}).get("edits") or ():
+        messages = keep_reasoning(messages, _thinking_turns(edit.get("keep")))
     return ChatRequest(
         model=body["model"],
-        messages=to_messages(body.get("system"), body["messages"]),
+        messages=messages,
         sampling=SamplingParams(
             temperature=body.get("temperature"), top_p=body.get("top_p"),
             top_k=_integer(body.get("top_k")) or None, max_tokens=_integer(body.get("max_tokens")),
@@ -92,6 +102,31 @@ def to_request(body: Mapping[str, Any]) -> ChatRequest:
         thinking=_thinking(body.get("thinking"), body.get("max_tokens")),
         thinking_param="thinking",
     )
+
+
+def _refuse_context_edits(body: Any) -> None:
+    """Context edits other than clearing old thinking rewrite the conversation in ways this
+    server does not (clearing tool results, compaction): refused by name, before the schema's
+    generic complaint."""
+    config = body.get("context_management") if isinstance(body, dict) else None
+    edits = config.get("edits") if isinstance(config, dict) else None
+    for i, edit in enumerate(edits if isinstance(edits, list) else ()):
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if isinstance(kind, str) and kind != CLEAR_THINKING:
+            shown = kind if len(kind) <= 64 else kind[:64] + "..."
+            param = f"context_management.edits[{i}].type"
+            raise InvalidRequest(
+                f"Invalid value for '{param}': context edit '{shown}' is not supported; this "
+                f"server applies '{CLEAR_THINKING}' only.", param=param, code="unsupported_value")
+
+
+def _thinking_turns(keep: Any) -> int:
+    """clear_thinking's `keep`: the assistant turns whose reasoning stays ("all": every one)."""
+    if keep == "all" or (isinstance(keep, dict) and keep.get("type") == "all"):
+        return sys.maxsize
+    if isinstance(keep, dict):
+        return int(keep["value"])
+    return DEFAULT_THINKING_TURNS
 
 
 def _thinking(config: Mapping[str, Any] | None, max_tokens: float | None) -> bool | None:
