@@ -184,7 +184,7 @@ class ToolCallProcessor:
             self._tail = b""
             self._begin(self._lazy, written[start + len(self._trigger):])
             return
-        self._tail = written[len(written) - len(self._trigger) + 1:] if len(self._trigger) > 1 else b""
+        self._tail = written[max(0, len(written) - len(self._trigger) + 1):]
 
     def _masked(self, logits: Any) -> Any:
         import llguidance.numpy
