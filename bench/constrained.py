@@ -77,12 +77,12 @@ def decode_rows(client: Any, runs: int, tokens: int) -> list[tuple[str, float, f
     original = engine.tool_call_processor
     rows = []
     for model in ("qwen", "gemma"):
-        body = {"tools": [TOOL], "tool_choice": "required"}
+        body: dict[str, Any] = {"tools": [TOOL], "tool_choice": "required"}
         _tps(client, model, 8, 0, **body)  # load, warm
         on, off = [], []
         for seed in range(runs):
             on.append(_tps(client, model, tokens, seed, **body))
-            engine.tool_call_processor = lambda *_: None  # type: ignore[assignment]
+            engine.tool_call_processor = lambda *_: None
             try:
                 off.append(_tps(client, model, tokens, seed, **body))
             finally:
