@@ -273,7 +273,8 @@ class ChatService:
         prepared = self._prepare(admitted)
         model, plan, prompt = prepared.model, prepared.plan, prepared.prompt
         params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
-            prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"))
+            prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"),
+            tool_grammar=plan.grammar)
         run = _Run(plan, self.ids.tool_call_id, params.stop)
         if prepared.start is not Start.CLOSED or prompt.thinking_switch:  # a thinking template
             run.reasoning_tokens = 0

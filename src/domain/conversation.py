@@ -85,6 +85,22 @@ class ResponseFormat:
 
 
 @attrs.frozen
+class ToolGrammar:
+    """Tool calls constrained while they are written: once the model's output ends with `trigger`
+    (the family's call opener), the output must continue with `lead` and then match `grammar`
+    (an llguidance Lark grammar whose `start` is one call block of the offered tools, up to and
+    including the closer); then it is free again. `active_from_start`: the prompt already ends
+    with trigger + lead (tool_choice required / named), so the constraint holds from the first
+    generated token. `single`: after one block, never again (parallel_tool_calls false)."""
+
+    grammar: str
+    trigger: str
+    lead: str = "\n"
+    active_from_start: bool = False
+    single: bool = False
+
+
+@attrs.frozen
 class SamplingParams:
     temperature: float | None = None  # None: the model's own default
     top_p: float | None = None
@@ -100,6 +116,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     response_format: ResponseFormat | None = None
+    tool_grammar: ToolGrammar | None = None  # set by the use case from its tool plan, never by a client
 
 
 @attrs.frozen

@@ -173,6 +173,10 @@ class BlockFormat:
 
     syntax: Syntax
 
+    @property
+    def opener(self) -> str:
+        return self.syntax.opener
+
     @staticmethod
     def judge(block: str, tools: Sequence[ToolSpec]) -> tuple[tuple[str, str], ...] | None:
         raise NotImplementedError

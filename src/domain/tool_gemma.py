@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .conversation import ToolCall, ToolSpec
+from .gemma_grammar import gemma_call_grammar
 from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object, to_json
 
@@ -156,6 +157,11 @@ class GemmaToolCalls(BlockFormat):
     def call_start(self, name: str) -> str:
         """`name(`, with the name as Python can call it."""
         return f"{python_name(name)}("
+
+    def call_grammar(self, tools: Sequence[ToolSpec], parallel: bool) -> str | None:
+        """What follows "```tool_code\\n": one call (parallel: one or more, one per line), then
+        "\\n```" (domain/gemma_grammar.py)."""
+        return gemma_call_grammar(tools, parallel)
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """One ```tool_code block, one call per line."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from .conversation import ToolCall, ToolSpec
 from .tool_blocks import BlockFormat, Syntax
+from .tool_grammar import arguments_schema, lark_json, lark_literal
 from .tool_schema import dumps, fits_schema, loads_object
 
 OPENER = "<tool_call>"
@@ -50,8 +51,34 @@ class HermesToolCalls(BlockFormat):
         """The JSON object up to its arguments."""
         return f'{{"name": {_json(name)}, "arguments": '
 
+    def call_grammar(self, tools: Sequence[ToolSpec], parallel: bool) -> str | None:
+        """What follows `<tool_call>\\n`: `{"name": <a tool>, "arguments": <valid JSON>}`, then
+        `\\n</tool_call>`. One call per block whatever `parallel` says (several calls are several
+        blocks); None when a tool's schema cannot be enforced."""
+        return hermes_call_grammar(tools)
+
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """The blocks exactly as Qwen's (Hermes-style) chat templates write earlier calls."""
         return "\n".join(
             f'{OPENER}\n{{"name": {_json(call.name)}, "arguments": '
             f"{_json(loads_object(call.arguments) or {})}}}\n{CLOSER}" for call in calls)
+
+
+def hermes_call_grammar(tools: Sequence[ToolSpec]) -> str | None:
+    """The Lark grammar of one Hermes call block's body, as the model writes it after the opener
+    and its newline; None when a tool's parameters cannot be enforced (see tool_grammar)."""
+    if not tools:
+        return None
+    rules = []
+    for index, tool in enumerate(tools):
+        schema = arguments_schema(tool.parameters)
+        if schema is None:
+            return None
+        start = f'{{"name": {_json(tool.name)}, "arguments": '
+        rules.append(f"call_{index}: {lark_literal(start)} args_{index} \"}}\"\n"
+                     f"args_{index}: {lark_json(schema)}")
+    calls = " | ".join(f"call_{index}" for index in range(len(tools)))
+    # NOTE: Qwen's tokenizers hold the closer as one added token, which llguidance takes for a
+    # special token: a text literal alone would let its mask offer that token and then refuse it
+    closer = f"({lark_literal(CLOSER)} | {CLOSER})"
+    return "\n".join([f'start: ({calls}) "\\n" {closer}', *rules]) + "\n"

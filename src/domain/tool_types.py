@@ -57,6 +57,10 @@ class ToolCallStreamer(Protocol):
 class ToolCallFormat(Protocol):
     """One model family's native tool-call syntax."""
 
+    @property
+    def opener(self) -> str:
+        """The text that begins a call block."""
+
     def parse(self, text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
         """Split a whole output into content and calls."""
 
@@ -68,6 +72,12 @@ class ToolCallFormat(Protocol):
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """The calls as the model itself would write them (parse gives them back)."""
+
+    def call_grammar(self, tools: Sequence[ToolSpec], parallel: bool) -> str | None:
+        """An llguidance Lark grammar whose `start` matches exactly what follows the forced
+        prefix of `required` (the opener and its newline): one call block of `tools` (with
+        `parallel`, as many calls as the format puts in one block), arguments valid for the
+        called tool's schema, closer included. None when a schema cannot be enforced."""
 
 
 def assemble(events: Sequence[ToolEvent], rejected: int = 0) -> ParsedReply:

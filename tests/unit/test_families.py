@@ -82,16 +82,22 @@ def test_qwen3_template_renders_the_tools_itself() -> None:
     assert (plan.messages, plan.template_tools, plan.stops, plan.prefix) == (ASK, (WEATHER,), (), "")
 
 
-@pytest.mark.parametrize(("choice", "prefix"), [
-    (ToolChoice(ToolChoiceMode.REQUIRED), "<tool_call>\n"),
+@pytest.mark.parametrize(("choice", "parameters", "prefix"), [
+    (ToolChoice(ToolChoiceMode.REQUIRED), WEATHER.parameters, "<tool_call>\n"),
+    # a grammar writes the named call from the opener on; without one the call start is forced
+    (ToolChoice(ToolChoiceMode.FUNCTION, "get_weather"), WEATHER.parameters, "<tool_call>\n"),
     (ToolChoice(ToolChoiceMode.FUNCTION, "get_weather"),
+     {**WEATHER.parameters, "not": {"required": ["x"]}},
      '<tool_call>\n{"name": "get_weather", "arguments": '),
 ])
-def test_qwen3_forced_choice_starts_a_parseable_call(choice: ToolChoice, prefix: str) -> None:
-    plan = plan_tools(request(choice), ModelRef("q", "/q", QWEN3.name))
+def test_qwen3_forced_choice_starts_a_parseable_call(
+        choice: ToolChoice, parameters: dict[str, object], prefix: str) -> None:
+    tool = ToolSpec(WEATHER.name, WEATHER.description, parameters)
+    plan = plan_tools(request(choice, (tool,)), ModelRef("q", "/q", QWEN3.name))
     assert plan.prefix == prefix and plan.format is not None
+    assert (plan.grammar is None) == ("not" in parameters)
     rest = '{"city": "Paris"}}\n</tool_call>'
-    if choice.mode is ToolChoiceMode.REQUIRED:
+    if not plan.prefix.endswith('"arguments": '):
         rest = '{"name": "get_weather", "arguments": ' + rest
     reply = plan.format.parse(plan.prefix + rest, plan.tools, lambda: "call_0")
     assert [(call.name, call.arguments) for call in reply.calls] == [

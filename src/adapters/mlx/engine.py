@@ -24,6 +24,7 @@ from ..store.model_files import check_model_dir
 from .dequantize import dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
 from .structured import json_logits_processor
+from .tool_constraint import tool_call_processor
 
 log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
@@ -178,9 +179,12 @@ class MlxEngine:
         tokenizer = getattr(processor, "tokenizer", processor)
         inputs: Mapping[str, Any] = prompt.payload  # type: ignore[assignment]
         extra = {key: value for key, value in inputs.items() if key not in _TENSORS}
-        if params.response_format is not None:
+        if params.response_format is not None:  # the domain never sends a tool grammar with it
             extra["logits_processors"] = [
                 json_logits_processor(tokenizer, params.response_format.schema)]
+        elif params.tool_grammar is not None and (
+                constraint := tool_call_processor(tokenizer, params.tool_grammar)) is not None:
+            extra["logits_processors"] = [constraint]
         plan = inputs.plan if isinstance(inputs, _Payload) else None
         reuse, cache = self.prefix.generation_kwargs(model, plan) if self.prefix and plan else ({}, [])
         results = stream_generate(

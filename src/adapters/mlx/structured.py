@@ -70,11 +70,22 @@ def _unusable(reason: str) -> InvalidRequest:
 
 
 def _portable_apply(self: Any, logits: Any) -> Any:
+    self._fill_next_token_mask()  # fills the numpy view self.bitmask of packed int32 words
+    return apply_bitmask(logits, self.bitmask, portable=True)
+
+
+def apply_bitmask(logits: Any, bitmask: Any, *, portable: bool) -> Any:
+    """`logits` with every token llguidance's packed `bitmask` (numpy int32 words, one row per
+    batch entry) bans set to -inf: by plain MLX ops (`portable`, any device) or by mlx_vlm's
+    Metal kernel."""
     import mlx.core as mx
     import numpy as np
 
-    self._fill_next_token_mask()  # fills the numpy view self.bitmask of packed int32 words
-    bits = np.unpackbits(self.bitmask.view(np.uint8), axis=-1, bitorder="little")
+    if not portable:
+        from mlx_vlm.structured import _apply_llguidance_mask
+
+        return _apply_llguidance_mask(logits, mx.array(bitmask))
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=-1, bitorder="little")
     vocab = logits.shape[-1]
     allowed = np.zeros((bits.shape[0], vocab), dtype=bool)
     width = min(vocab, bits.shape[1])
