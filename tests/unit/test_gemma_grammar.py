@@ -196,7 +196,8 @@ def toolsets(draw: st.DrawFn) -> list[ToolSpec]:
 
 
 def value_for(draw: st.DrawFn, schema: Any, level: int = 0) -> Any:
-    """A value valid for `schema` (one of the generated kinds)."""
+    """A value valid for `schema` (one of the generated kinds); at level 0 (the arguments) only
+    declared properties, as the grammar writes them."""
     if not isinstance(schema, Mapping) or not schema:
         return draw(SCALARS)
     if "anyOf" in schema:
@@ -224,7 +225,7 @@ def value_for(draw: st.DrawFn, schema: Any, level: int = 0) -> Any:
         return [value_for(draw, schema.get("items"), level + 1) for _ in range(size)]
     properties = schema.get("properties", {})
     extra = schema.get("additionalProperties", True)
-    if not properties:
+    if not properties and level:
         if extra is False:
             return {}
         keys = draw(st.lists(TEXT, max_size=2, unique=True))
@@ -442,10 +443,14 @@ JSONISH = st.recursive(
               st.sampled_from(["object", "string", "integer", "array", "#/$defs/a", "a"])),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
     max_leaves=20)
+PARAMETERS = JSONISH | st.builds(
+    lambda properties, required: {"type": "object", "properties": properties, "required": required},
+    st.dictionaries(st.sampled_from(["a", "b-c", "d"]), JSONISH, max_size=3),
+    st.lists(st.sampled_from(["a", "b-c", "d"]), max_size=2))
 
 
-@settings(max_examples=150)
-@given(st.lists(st.tuples(st.text(max_size=6), JSONISH), min_size=1, max_size=3),
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.text(max_size=6), PARAMETERS), min_size=1, max_size=3),
        st.booleans(), st.randoms(use_true_random=False))
 def test_arbitrary_schemas_never_raise(specs: list[tuple[str, Any]], parallel: bool,
                                        rng: random.Random) -> None:
