@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .conversation import ToolCall, ToolSpec
-from .gemma_grammar import gemma_call_grammar
 from .tool_blocks import BlockFormat, Syntax
 from .tool_schema import dumps, fits_schema, loads_object, to_json
 
@@ -161,6 +160,8 @@ class GemmaToolCalls(BlockFormat):
     def call_grammar(self, tools: Sequence[ToolSpec], parallel: bool) -> str | None:
         """What follows "```tool_code\\n": one call (parallel: one or more, one per line), then
         "\\n```" (domain/gemma_grammar.py)."""
+        from .gemma_grammar import gemma_call_grammar  # it builds on this module's literals
+
         return gemma_call_grammar(tools, parallel)
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:

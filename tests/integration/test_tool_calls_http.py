@@ -113,7 +113,8 @@ def test_parallel_tool_calls_false_returns_one_call(family: str) -> None:
 
 @pytest.mark.parametrize(("family", "choice", "reply"), [
     ("gemma", "required", 'get_weather(city="Paris")\n```'),
-    ("gemma", {"type": "function", "function": {"name": "get_weather"}}, 'city="Paris")\n```'),
+    ("gemma", {"type": "function", "function": {"name": "get_weather"}},
+     'get_weather(city="Paris")\n```'),
     ("qwen", "required", '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
     # a family with a call grammar forces only the opener for a named choice: the grammar writes
     # the name (domain/tool_plan.py)
