@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from .conversation import ToolSpec
 from .tool_gemma import _plain_identifier, py_literal, python_name
+from .tool_grammar import lark_json
 from .tool_schema import depth, fits_schema, to_json
 
 UNSUPPORTED_KEYWORDS: frozenset[str] = frozenset({
@@ -45,9 +47,11 @@ UNSUPPORTED_KEYWORDS: frozenset[str] = frozenset({
     "patternProperties", "propertyNames", "minProperties", "maxProperties", "unevaluatedProperties",
     "unevaluatedItems", "prefixItems", "additionalItems", "contains", "minContains", "maxContains",
     "uniqueItems", "pattern", "format", "contentEncoding", "contentMediaType", "contentSchema",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "$dynamicRef",
-    "$recursiveRef",
+    "$dynamicRef", "$recursiveRef",
 })
+NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+"""Bounds of an integer or a number: written as llguidance's own JSON-schema rule (`%json`), since a
+JSON number is a Python literal too."""
 """JSON Schema keywords the grammar cannot express: a tool schema that uses any of them, anywhere,
 gets no grammar (`gemma_call_grammar` returns None) and the caller falls back to validating the
 call after it is written. Also refused: `$ref` other than `#/$defs/<name>` or
@@ -276,10 +280,14 @@ class _Builder:
             return '"None"'
         if name == "boolean":
             return '"True" | "False"'
-        if name == "integer":
-            return self.terminal("INT")
-        if name == "number":
-            return self.terminal("NUMBER")
+        if name in ("integer", "number"):
+            bounds = {key: schema[key] for key in NUMERIC_BOUNDS if key in schema}
+            if not bounds:
+                return self.terminal("INT" if name == "integer" else "NUMBER")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in bounds.values()):
+                raise Unsupported("numeric bounds must be finite numbers")
+            return self.rule(lark_json({"type": name, **bounds}))
         if name == "string":
             low, high = _bounds(schema, "minLength", "maxLength")
             return self.string(low, high)
