@@ -253,3 +253,43 @@ def test_zz_tally(capsys: pytest.CaptureFixture[str]) -> None:
               {family: f"{TALLY[family + ' valid']}/{TALLY[family + ' total']}"
                for family in ("qwen", "gemma", "qwen auto")})
     assert TALLY["qwen valid"] == TALLY["qwen total"] > 0
+
+
+# ----------------------------------------------------------------------------- other APIs
+
+BOOKING = {"type": "object", "properties": {
+    "city": {"enum": ["Paris", "Rome", "Oslo"]}, "nights": {"type": "integer", "minimum": 1,
+                                                            "maximum": 14},
+    "guests": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2},
+    "late": {"type": "boolean"}}, "required": ["city", "nights"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("family", ["qwen", "gemma"])
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_messages_and_responses_forced_choices_are_constrained_too(
+        client: falcon.testing.TestClient, family: str, seed: int) -> None:
+    """Anthropic's `any` / `tool` and the Responses API's `required` / named function reach the
+    same plan: the random-weight models write valid calls there as on chat."""
+    for choice in ({"type": "any"}, {"type": "tool", "name": "book"}):
+        result = client.simulate_post("/v1/messages", json={
+            "model": family, "max_tokens": MAX_TOKENS, "messages": ASK, "temperature": 1.0,
+            "tools": [{"name": "book", "input_schema": BOOKING},
+                      {"name": "ping", "input_schema": {"type": "object"}}],
+            "tool_choice": choice, "metadata": {"user_id": str(seed)}})
+        assert result.status_code == 200, result.text
+        uses = [block for block in result.json["content"] if block["type"] == "tool_use"]
+        assert result.json["stop_reason"] == "tool_use" and uses, result.json
+        for use in uses:
+            assert use["name"] in ("book", "ping")
+            if use["name"] == "book":
+                jsonschema.validate(use["input"], BOOKING)
+        assert choice["type"] == "any" or {u["name"] for u in uses} == {"book"}
+    for tool_choice in ("required", {"type": "function", "name": "book"}):
+        result = client.simulate_post("/v1/responses", json={
+            "model": family, "input": "Book it.", "max_output_tokens": MAX_TOKENS,
+            "temperature": 1.0, "store": False, "tool_choice": tool_choice,
+            "tools": [{"type": "function", "name": "book", "parameters": BOOKING}]})
+        assert result.status_code == 200, result.text
+        [call] = [item for item in result.json["output"] if item["type"] == "function_call"]
+        assert call["name"] == "book"
+        jsonschema.validate(json.loads(call["arguments"]), BOOKING)
