@@ -403,7 +403,8 @@ def _validators(schema: Mapping[str, Any]) -> set[str]:
 
 
 def _bounds(schema: Mapping[str, Any], low_name: str, high_name: str) -> tuple[int, int | None]:
-    low, high = schema.get(low_name, 0), schema.get(high_name)
+    low, high = schema.get(low_name), schema.get(high_name)
+    low = 0 if low is None else low  # null: no bound, as fits_schema reads it
     for bound in (low, high):
         if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)
                                   or not 0 <= bound <= MAX_BOUND):
