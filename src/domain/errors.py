@@ -69,3 +69,11 @@ class EngineFailure(DomainError):
     """Inference broke while generating: a server fault, never the client's."""
 
     code = "engine_failure"
+
+
+class EngineUnavailable(DomainError):
+    """The engine failed as a whole (a batched step raised: out of memory, a backend error):
+    every request in flight is answered 503; the server goes on serving the next ones."""
+
+    code = "engine_unavailable"
+    retry_after = RETRY_AFTER  # sent as Retry-After

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attrs
 
 from .completion import GenerationStep
 from .conversation import Message, SamplingParams, ToolSpec
+from .errors import DomainError
 from .models import ModelInfo, ModelRef
 
 
@@ -57,8 +58,33 @@ class PromptInput:
     thinking: bool | None = None  # the template's `enable_thinking`; None: not passed at all
 
 
+RowId = int  # one request's sequence in the engine's running batch
+
+
+@attrs.frozen
+class RowProgress:
+    """What one step did for one row: prompt tokens prefilled, and/or its next token (the first
+    one ends its prefill), or the error that ended it (the row is then already released)."""
+
+    row: RowId
+    prefilled: int = 0  # prompt tokens through the model this step
+    step: GenerationStep | None = None  # the row's new token; None while it still prefills
+    error: DomainError | None = None  # this row failed (its own fault or the request's)
+
+
+@attrs.frozen
+class StepReport:
+    """One engine step: each row's progress, and what the step cost (for /metrics)."""
+
+    rows: tuple[RowProgress, ...]
+    decoded: int = 0  # rows that produced a token by a batched decode (not their prefill)
+    prefill_tokens: int = 0  # prompt tokens prefilled, all rows together
+    seconds: float = 0.0  # wall time of the step
+
+
 class InferenceEngine(Protocol):
-    """Runs one model at a time. Every method is called from the single generation thread."""
+    """Runs one model at a time, many requests' sequences ("rows") decoding together. Every
+    method is called from the single generation thread, between steps."""
 
     @property
     def loaded(self) -> ModelRef | None:
@@ -70,26 +96,42 @@ class InferenceEngine(Protocol):
         (which may exceed the tokenizer's own count: padded embedding rows). Token ids a request
         names (`logit_bias`) must lie in [0, vocab_size). None when no model is loaded."""
 
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens per prefill pass this engine prefers (the scheduler's prefill budget
+        per step unless configured)."""
+
     def load(self, model: ModelRef) -> None:
         """Load `model`, releasing the current one first. Raises ModelUnavailable on failure:
         found before the release (its files, its size), the current model stays loaded;
-        found by the load itself, no model is loaded."""
+        found by the load itself, no model is loaded. Only called with no row admitted."""
 
     def unload(self) -> None:
-        """Drop every reference to the current model and free its memory."""
+        """Drop every reference to the current model and free its memory. Only called with no
+        row admitted."""
 
     def prepare(self, prompt: PromptInput) -> PreparedPrompt:
         """Render `prompt` with the loaded model's own template (or take its `raw` text as it is)
         and count its tokens exactly. Raises InvalidRequest when the template rejects the
         conversation."""
 
-    def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams, cancelled: Callable[[], bool]
-    ) -> Generator[GenerationStep, None, None]:
-        """Yield one step per generated token until EOS (`finish_reason` stop) or
-        `params.max_tokens` (`finish_reason` length). Closing the iterator stops generation;
-        so does `cancelled()` turning true, which the engine asks between prefill chunks and
-        decode steps (the iterator then ends early)."""
+    def admit(self, prompt: PreparedPrompt, params: SamplingParams) -> RowId:
+        """Add a row for `prompt`, sampled by `params` alone (its own seed, temperature,
+        processors, ...), whatever else runs beside it. Sets up the row's state only (a JSON
+        schema is compiled here: InvalidRequest); its prompt is prefilled by later steps. The
+        row's first `prompt.cached_tokens` come from the prefix cache."""
+
+    def step(self, prefill: Mapping[RowId, int]) -> StepReport:
+        """One decode step for every decoding row, plus, for each row named in `prefill`, up to
+        that many of its prompt tokens prefilled (a row whose prompt completes gets its first
+        token). A row ends with `finish_reason` set on its step (EOS: stop; its max_tokens:
+        length) and is not decoded again; it stays admitted until released.
+        A row's own failure comes back as that row's `error`, the others go on. Raises
+        EngineUnavailable when the step failed as a whole: every row is then released."""
+
+    def release(self, row: RowId, *, keep: bool) -> None:
+        """Remove a row now (between steps); unknown or already released rows are ignored.
+        keep: save its KV state (prompt and generated tokens) to the prefix cache."""
 
 
 class ModelCatalog(Protocol):
