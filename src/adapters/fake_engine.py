@@ -20,7 +20,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -28,9 +28,10 @@ import attrs
 
 from ..domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ..domain.conversation import Message, SamplingParams, ToolSpec
+from ..domain.errors import EngineFailure, EngineUnavailable
 from ..domain.families import profile_named
 from ..domain.models import ModelRef
-from ..domain.ports import PreparedPrompt, PromptInput
+from ..domain.ports import PreparedPrompt, PromptInput, RowId, RowProgress, StepReport
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 VOCAB_SIZE = 32000  # token ids 0..31999, as a Llama-2-sized tokenizer
@@ -65,14 +66,23 @@ class FakeEngine:
     """Implements the InferenceEngine port. Every model 'loads' instantly."""
 
     def __init__(self, replies: Sequence[str] = (), delay: float = 0.0,
-                 vocab_size: int = VOCAB_SIZE,
+                 vocab_size: int = VOCAB_SIZE, prefill_chunk: int = 64,
                  thinking: Literal["none", "hybrid", "forced"] = "none") -> None:
         self._replies = itertools.cycle(replies) if replies else None
         self._thinking = thinking
-        self._delay = delay  # seconds per token: a slow stream, for tests of cancellation
+        self._delay = delay  # seconds per step: a slow stream, for tests of cancellation
         self._vocab_size = vocab_size
+        self._prefill_chunk = prefill_chunk
         self._loaded: ModelRef | None = None
+        self._rows: dict[RowId, _Row] = {}
+        self._next_row = 0
         self.loads: list[str] = []  # every model id loaded, in order: lets tests see swaps
+        # what the steps did, for tests: rows admitted, each step's decoding rows and prompt
+        # tokens prefilled, rows released (with keep)
+        self.admitted: list[RowId] = []
+        self.steps: list[tuple[RowId, ...]] = []
+        self.prefills: list[int] = []
+        self.released: list[tuple[RowId, bool]] = []
 
     @property
     def loaded(self) -> ModelRef | None:
@@ -112,11 +122,26 @@ class FakeEngine:
                                               closed),
                               tail=template[-64:], thinking_switch=self._thinking == "hybrid")
 
-    def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> Generator[GenerationStep, None, None]:
+    @property
+    def prefill_chunk(self) -> int:
+        return self._prefill_chunk
+
+    def admit(self, prompt: PreparedPrompt, params: SamplingParams) -> RowId:
         payload = prompt.payload if isinstance(prompt.payload, _Prompt) else _Prompt(str(prompt.payload))
+        tokens = self.reply_tokens(payload, params)
+        limit = params.max_tokens if params.max_tokens is not None else len(tokens)
+        self._next_row += 1
+        self._rows[self._next_row] = _Row(
+            tokens[:max(limit, 1)], finish=FinishReason.STOP if limit >= len(tokens)
+            else FinishReason.LENGTH, to_prefill=max(prompt.token_count - prompt.cached_tokens, 0),
+            logprobs=params.top_logprobs if params.logprobs else None,
+            faults=_faults(payload.said))
+        self.admitted.append(self._next_row)
+        return self._next_row
+
+    def reply_tokens(self, payload: _Prompt, params: SamplingParams) -> list[str]:
+        """The tokens a row will emit: the next scripted reply (or the echo), continued after
+        what the prompt already holds. Tests override it to script exact chunks."""
         reply = next(self._replies) if self._replies else f"You said: {payload.said}"
         if payload.markers and reply.lstrip().startswith(payload.markers[0]):
             if payload.opened:  # the opening marker is in the prompt already
@@ -125,20 +150,81 @@ class FakeEngine:
                 reply = reply.partition(payload.markers[1])[2].lstrip()
         if payload.forced and reply.startswith(payload.forced):
             reply = reply[len(payload.forced):]  # the forced start is in the prompt already
-        tokens = tokenize(reply) or [""]
-        limit = params.max_tokens if params.max_tokens is not None else len(tokens)
-        for index, token in enumerate(tokens[:limit], start=1):
-            if cancelled():
-                return
-            if self._delay:
-                time.sleep(self._delay)
-            logprob = _logprob(token, params.top_logprobs) if params.logprobs else None
-            if index == len(tokens):
-                yield GenerationStep(token, index, FinishReason.STOP, logprob)
-            elif index == limit:
-                yield GenerationStep(token, index, FinishReason.LENGTH, logprob)
-            else:
-                yield GenerationStep(token, index, logprob=logprob)
+        if params.seed is not None and params.temperature:  # a sampled reply: its own draw
+            reply += f" [seed {params.seed} t {params.temperature:g}]"
+        return tokenize(reply) or [""]
+
+    def step(self, prefill: Mapping[RowId, int]) -> StepReport:
+        started = time.monotonic()
+        if self._delay:
+            time.sleep(self._delay)
+        progress: list[RowProgress] = []
+        decoding = tuple(row for row, state in self._rows.items()
+                         if state.emitted and not state.ended)
+        self.steps.append(decoding)
+        prefilled_total = 0
+        for row, grant in prefill.items():
+            state = self._rows.get(row)
+            if state is None or state.emitted:
+                continue
+            if "fail-prefill" in state.faults:
+                del self._rows[row]
+                progress.append(RowProgress(row, error=EngineFailure(
+                    "Inference failed: RuntimeError: injected prefill failure")))
+                continue
+            done = min(max(grant, 0), state.to_prefill)
+            state.to_prefill -= done
+            prefilled_total += done
+            step = self._emit(state) if state.to_prefill == 0 else None
+            progress.append(RowProgress(row, prefilled=done, step=step))
+        self.prefills.append(prefilled_total)
+        for row in decoding:
+            state = self._rows[row]
+            if state.faults.get("fail-engine") == state.emitted + 1:
+                self._rows.clear()
+                raise EngineUnavailable("Inference failed for every running request "
+                                        "(injected engine failure). Retry shortly.")
+            if state.faults.get("fail-row") == state.emitted + 1:
+                del self._rows[row]
+                progress.append(RowProgress(row, error=EngineFailure(
+                    "Inference failed: RuntimeError: injected row failure")))
+                continue
+            progress.append(RowProgress(row, step=self._emit(state)))
+        return StepReport(tuple(progress), decoded=len(decoding), prefill_tokens=prefilled_total,
+                          seconds=time.monotonic() - started)
+
+    def release(self, row: RowId, *, keep: bool) -> None:
+        if self._rows.pop(row, None) is not None:
+            self.released.append((row, keep))
+
+    @staticmethod
+    def _emit(state: _Row) -> GenerationStep:
+        token = state.tokens[state.emitted]
+        state.emitted += 1
+        logprob = _logprob(token, state.logprobs) if state.logprobs is not None else None
+        finish = state.finish if state.emitted == len(state.tokens) else None
+        state.ended = finish is not None
+        return GenerationStep(token, state.emitted, finish, logprob)
+
+
+_FAULT = re.compile(r"\[\[(fail-row|fail-engine|fail-prefill)(?:@(\d+))?\]\]")
+
+
+def _faults(text: str) -> dict[str, int]:
+    """Fault markers a test writes in its message: `[[fail-row@3]]` fails that row at its third
+    token, `[[fail-engine@2]]` fails the whole step there, `[[fail-prefill]]` its prefill."""
+    return {kind: int(at or 1) for kind, at in _FAULT.findall(text)}
+
+
+@attrs.define
+class _Row:
+    tokens: list[str]
+    finish: FinishReason
+    to_prefill: int
+    logprobs: int | None  # top_logprobs when the request asked for logprobs
+    faults: dict[str, int]
+    emitted: int = 0
+    ended: bool = False
 
 
 def _logprob(token: str, top: int, logprob: float = -0.5) -> TokenLogprob:

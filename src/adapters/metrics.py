@@ -12,8 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..domain.ports import StepReport
+
 _FAST = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SWAPS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+_STEPS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_PREFILL = (0, 16, 64, 128, 256, 512, 1024, 2048, 4096)
 _RATES = (1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 100.0, 200.0, 500.0)
 
 LoadedModel = Callable[[], str | None]
@@ -69,6 +74,16 @@ class PrometheusMetrics:
                                   registry=r)
         self._queue = Gauge("mlx_server_queue_depth", "Requests waiting for the model.",
                             registry=r)
+        self._active = Gauge("mlx_server_active_sequences",
+                             "Sequences in the running batch (prefilling or decoding).",
+                             registry=r)
+        self._batch = Histogram("mlx_server_batch_size", "Rows decoded together, per step.",
+                                buckets=_BATCH, registry=r)
+        self._step = Histogram("mlx_server_step_seconds", "Wall time of one engine step.",
+                               buckets=_STEPS, registry=r)
+        self._prefill_step = Histogram("mlx_server_prefill_tokens_per_step",
+                                       "Prompt tokens prefilled in one engine step.",
+                                       buckets=_PREFILL, registry=r)
         self._requests = Counter("mlx_server_http_requests", "HTTP requests by route and status.",
                                  ["method", "route", "status"], registry=r)
         self._latency = Histogram("mlx_server_http_request_duration_seconds",
@@ -100,6 +115,13 @@ class PrometheusMetrics:
 
     def queue_depth(self, waiting: int) -> None:
         self._queue.set(waiting)
+
+    def step(self, rows: int, report: StepReport) -> None:
+        self._active.set(rows)
+        if report.decoded:
+            self._batch.observe(report.decoded)
+        self._step.observe(max(report.seconds, 0.0))
+        self._prefill_step.observe(report.prefill_tokens)
 
     # -- the HTTP side ----------------------------------------------------------------------------
 

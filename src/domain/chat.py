@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
 
 import attrs
 
@@ -45,6 +45,7 @@ from .ports import (
     NoMetrics,
     PreparedPrompt,
     PromptInput,
+    RowId,
 )
 from .reasoning import ReasoningSplitter, Start, reply_start
 from .sampling_checks import check_sampling, check_token_ids
@@ -58,7 +59,7 @@ from .tool_calls import (
     assemble,
 )
 from .tool_plan import PlainText, ToolPlan, plan_tools
-from .worker import Cancelled, GenerationWorker, QueuePolicy
+from .worker import AwaitStep, Cancelled, GenerationWorker, QueuePolicy
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class ChatService:
                 task.cancel()
 
     def _generate(self, admitted: _Admitted,
-                  cancelled: Cancelled) -> Generator[StreamEvent, None, None]:
+                  cancelled: Cancelled) -> Generator[StreamEvent | AwaitStep, Any, None]:
         request = admitted.request
         prepared = self._prepare(admitted)
         model, plan, prompt = prepared.model, prepared.plan, prepared.prompt
@@ -282,26 +283,23 @@ class ChatService:
             run.splitting = ReasoningSplitter(prepared.markers, prepared.start)
         run.echo = request.prompt if request.echo and request.prompt is not None else ""
         started = self.clock.now()
-        with contextlib.closing(self.engine.generate(prompt, params, cancelled)) as steps:
-            # NOTE: the first step runs the prefill; a setup error (say, a JSON schema the
-            # grammar engine cannot compile) still gets a proper status line this way
-            first = next(steps, None)
+        row = self.engine.admit(prompt, params)
+        first_token: float | None = None
+        try:
+            # parked until the row's prefill is done and its first token is in
+            first = yield AwaitStep(row, max(1, prompt.token_count - prompt.cached_tokens))
             first_token = self.clock.now()
-            if cancelled():  # gone during the prefill: the engine stopped between two chunks
-                self.metrics.cancelled(model.id, "prefill")
-                return
-            try:
-                yield from self._answer(run, model, prompt, first_token - started,
-                                        itertools.chain([first] if first else [], steps),
-                                        cancelled)
-            finally:  # stopped for a client that left (or closed by the worker after an event)
-                if not run.ended and cancelled():
-                    self.metrics.cancelled(model.id, "decode")
+            yield from self._answer(run, model, prompt, first_token - started, first, row)
+        finally:  # ended, or closed for a client that left (or for a row that failed)
+            gone = cancelled()
+            if not run.ended and gone:
+                self.metrics.cancelled(model.id, "prefill" if first_token is None else "decode")
+            self.engine.release(row, keep=not gone)
 
     def _answer(
         self, run: _Run, model: ModelRef, prompt: PreparedPrompt, ttft: float,
-        steps: Iterable[GenerationStep], cancelled: Cancelled,
-    ) -> Generator[StreamEvent, None, None]:
+        first: GenerationStep, row: RowId,
+    ) -> Generator[StreamEvent | AwaitStep, GenerationStep, None]:
         yield StreamStart(id=self.ids.completion_id(), created=int(self.clock.now()),
                           model=model.id, ttft=ttft, prompt_tokens=prompt.token_count,
                           cached_tokens=prompt.cached_tokens)
@@ -309,9 +307,7 @@ class ChatService:
         if run.echo:  # the prompt, returned in front of the reply (never a stop, never a call)
             yield TextDelta(run.echo)
         yield from run.take(run.parser.feed(run.plan.prefix))  # the model's output continues it
-        produced, reason = yield from run.consume(steps, cancelled)
-        if produced < 0:
-            return  # nobody is listening: counted by the caller
+        produced, reason = yield from run.consume(first, row)
         if not run.done:
             yield from run.drain()
         yield from run.take([], final=True)
@@ -365,12 +361,12 @@ class _Run:
         self.reasoning_tokens: int | None = None  # None: the family writes no reasoning
 
     def consume(
-        self, steps: Iterable[GenerationStep], cancelled: Cancelled
-    ) -> Generator[StreamEvent, None, tuple[int, FinishReason]]:
-        """Feed engine steps through the pipeline; return (tokens produced, finish reason), or
-        (-1, ...) when the client went away."""
+        self, step: GenerationStep, row: RowId,
+    ) -> Generator[StreamEvent | AwaitStep, GenerationStep, tuple[int, FinishReason]]:
+        """Feed the row's engine steps through the pipeline, from its first one, parking on the
+        row for each next one; return (tokens produced, finish reason)."""
         produced = 0
-        for step in steps:
+        while True:
             produced += step.token is not None
             text = step.text
             if (splitter := self.splitting) is not None:  # the answer alone reaches stops, calls
@@ -389,10 +385,7 @@ class _Run:
             yield from self.take(self.parser.feed(text))
             if stopped or step.finish_reason is not None or self.done:
                 return produced, FinishReason.STOP if stopped else step.finish_reason or FinishReason.LENGTH
-            if cancelled():
-                return -1, FinishReason.STOP
-        # the engine ends early when cancelled between two decode steps
-        return (-1 if cancelled() else produced), FinishReason.LENGTH
+            step = yield AwaitStep(row)
 
     def drain(self) -> Generator[StreamEvent, None, None]:
         """What the pipeline holds back once generation has ended: reasoning, then the answer
@@ -450,9 +443,10 @@ def generation_worker(engine: InferenceEngine, metrics: Metrics,
                       policy: QueuePolicy | None = None) -> GenerationWorker:
     """The generation thread, told at construction what it reports: which model is loaded (it
     schedules around swaps), requests dropped unrun, and the queue depth as it changes."""
-    return GenerationWorker(policy, loaded=lambda: _loaded_id(engine),
+    return GenerationWorker(policy, loaded=lambda: _loaded_id(engine), step=engine.step,
+                            prefill_chunk=lambda: engine.prefill_chunk,
                             dropped=lambda model: metrics.cancelled(model or "", "queued"),
-                            depth=metrics.queue_depth)
+                            depth=metrics.queue_depth, stepped=metrics.step)
 
 
 def _loaded_id(engine: InferenceEngine) -> str | None:
@@ -515,7 +509,9 @@ def _check_tools(request: ChatRequest) -> None:
                              "'tools'.", param="tool_choice")
 
 
-def _engine_faults(events: Generator[StreamEvent, None, None]) -> Generator[StreamEvent, None, None]:
+def _engine_faults(
+    events: Generator[StreamEvent | AwaitStep, Any, None],
+) -> Generator[StreamEvent | AwaitStep, Any, None]:
     """Whatever an engine raises that is not a domain error is a server fault: say so plainly.
     That includes BaseExceptions other than the interpreter's own control flow: a native
     extension's panic (pyo3's PanicException) is one, and must not escape as something no

@@ -198,6 +198,9 @@ class Metrics(Protocol):
     def queue_depth(self, waiting: int) -> None:
         """Requests waiting for the model right now."""
 
+    def step(self, rows: int, report: StepReport) -> None:
+        """One engine step done: the rows in the batch after it, and what it did."""
+
 
 class NoMetrics:
     def generation(self, model: str, *, prompt_tokens: int, cached_tokens: int,
@@ -211,4 +214,7 @@ class NoMetrics:
         pass
 
     def queue_depth(self, waiting: int) -> None:
+        pass
+
+    def step(self, rows: int, report: StepReport) -> None:
         pass

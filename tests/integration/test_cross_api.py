@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import falcon.testing
@@ -18,9 +18,7 @@ from hypothesis import strategies as st
 from mlx_server.adapters.fake_engine import FakeEngine
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
-from mlx_server.domain.completion import FinishReason, GenerationStep
 from mlx_server.domain.conversation import SamplingParams
-from mlx_server.domain.ports import PreparedPrompt
 from tests.support.fakes import CountingIds, FixedClock
 from tests.support.http import ConnectedTestClient
 
@@ -37,12 +35,8 @@ class ChunkedEngine(FakeEngine):
         super().__init__()
         self.chunks: list[str] = []
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
-                 cancelled: Callable[[], bool] = lambda: False,
-                 ) -> Generator[GenerationStep, None, None]:
-        for index, chunk in enumerate(self.chunks, start=1):
-            last = index == len(self.chunks)
-            yield GenerationStep(chunk, index, FinishReason.STOP if last else None)
+    def reply_tokens(self, payload: object, params: SamplingParams) -> list[str]:
+        return list(self.chunks)
 
 
 # -- raw outputs: prose, the request's stop sequence, and call blocks in each family's format ----

@@ -9,7 +9,6 @@ import falcon.testing
 import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
-from mlx_server.domain.completion import GenerationStep
 from tests.support.http import ConnectedTestClient
 
 GEMMA = "mlx-community/gemma-3-4b-it-4bit"
@@ -163,21 +162,15 @@ def test_fake_replies_are_emitted_raw_and_cycle() -> None:
     assert texts == ["first", "second", "first"]
 
 
-def test_engine_crash_midstream_is_reported_in_band(engine: FakeEngine,
-                                                    client: falcon.testing.TestClient) -> None:
-    def broken(*args: object) -> Any:
-        yield GenerationStep("partial", 1)
-        raise RuntimeError("boom")
+def test_engine_crash_midstream_is_reported_in_band(client: falcon.testing.TestClient) -> None:
+    """The fake engine's fault markers: a row failing after its first token, and before it."""
+    def says(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}]
 
-    def broken_at_once(*args: object) -> Any:
-        raise RuntimeError("boom")
-        yield  # a generator
-
-    engine.generate = broken  # type: ignore[method-assign]
-    chunks = events(chat(client, stream=True))
+    chunks = events(chat(client, messages=says("x [[fail-row@2]]"), stream=True))
     assert chunks[-1]["error"]["type"] == "server_error"
-    assert_error(chat(client), 500, "engine_failure")
-    engine.generate = broken_at_once  # type: ignore[method-assign]
-    assert_error(chat(client, stream=True), 500, "engine_failure")  # before any byte: a status
-    engine.generate = FakeEngine().generate  # type: ignore[method-assign]
+    assert_error(chat(client, messages=says("x [[fail-row@2]]")), 500, "engine_failure")
+    # before any byte: a status line of its own
+    assert_error(chat(client, messages=says("x [[fail-prefill]]"), stream=True), 500,
+                 "engine_failure")
     assert chat(client).status_code == 200

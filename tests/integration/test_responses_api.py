@@ -6,18 +6,19 @@ formats and the parameters refused."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import falcon.testing
 import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine, render
 from mlx_server.app.bootstrap import build
 from mlx_server.app.config import Settings
-from mlx_server.domain.completion import GenerationStep
 from mlx_server.domain.conversation import ResponseFormat, Role, SamplingParams
-from mlx_server.domain.ports import PreparedPrompt, PromptInput
+from mlx_server.domain.errors import EngineFailure
+from mlx_server.domain.ports import PreparedPrompt, PromptInput, RowId, StepReport
 from tests.support.fakes import CountingIds
 from tests.support.http import ConnectedTestClient, named_events
 from tests.support.images import data_uri, png_bytes
@@ -47,21 +48,22 @@ class RecordingEngine(FakeEngine):
         self.prompts.append(prompt)
         return super().prepare(prompt)
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
-                 cancelled: Callable[[], bool] = lambda: False,
-                 ) -> Generator[GenerationStep, None, None]:
+    def admit(self, prompt: PreparedPrompt, params: SamplingParams) -> RowId:
         self.sampling.append(params)
-        return super().generate(prompt, params, cancelled)
+        return super().admit(prompt, params)
 
 
 class FailingEngine(FakeEngine):
     """Fails after its first token: an error after the stream's status line."""
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
-                 cancelled: Callable[[], bool] = lambda: False,
-                 ) -> Generator[GenerationStep, None, None]:
-        yield GenerationStep("Hello", token=1)
-        raise RuntimeError("the device fell over")
+    def reply_tokens(self, payload: Any, params: SamplingParams) -> list[str]:
+        return ["Hello", " world"]
+
+    def step(self, prefill: Mapping[RowId, int]) -> StepReport:
+        report = super().step(prefill)
+        return StepReport(tuple(attrs.evolve(p, step=None, error=EngineFailure(
+            "Inference failed: RuntimeError: the device fell over"))
+            if p.step is not None and p.step.token == 2 else p for p in report.rows))
 
 
 def client_for(*replies: str, engine: FakeEngine | None = None,

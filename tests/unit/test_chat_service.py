@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
@@ -12,7 +11,6 @@ from mlx_server.adapters.store.catalog import StaticCatalog
 from mlx_server.domain.chat import ChatLimits, ChatService
 from mlx_server.domain.completion import (
     FinishReason,
-    GenerationStep,
     StreamEnd,
     StreamStart,
     TextDelta,
@@ -29,7 +27,7 @@ from mlx_server.domain.conversation import (
 )
 from mlx_server.domain.errors import ContextTooLong, InvalidRequest, ModelNotFound
 from mlx_server.domain.models import ModelRef
-from mlx_server.domain.ports import NoMetrics, PreparedPrompt, PromptInput
+from mlx_server.domain.ports import NoMetrics, PreparedPrompt, PromptInput, RowId
 from tests.support.fakes import CountingIds, FixedClock
 
 
@@ -119,21 +117,15 @@ def test_tool_choice_must_name_a_given_tool() -> None:
 
 
 class EndlessEngine(FakeEngine):
-    """Generates until closed, recording that it was closed."""
+    """A first reply too long to finish, then an echo; records its first row's release."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__([" x" * 100_000, "You said: again"])
         self.closed = threading.Event()
 
-    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
-        return PreparedPrompt(token_count=1)
-
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
-                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[GenerationStep]:
-        try:
-            while True:
-                yield GenerationStep("x")
-        finally:
+    def release(self, row: RowId, *, keep: bool) -> None:
+        super().release(row, keep=keep)
+        if row == 1:
             self.closed.set()
 
 
@@ -152,7 +144,6 @@ def test_closing_the_stream_stops_generation_and_frees_the_worker() -> None:
         return follow_up
 
     async def service_after(chat: ChatService) -> str | None:
-        chat.engine = FakeEngine()
         return (await chat.complete(ask("again"))).text
 
     assert asyncio.run(run()) == "You said: again"
@@ -168,23 +159,34 @@ class RecordingMetrics(NoMetrics):
 
 
 class SlowPrefillEngine(FakeEngine):
-    """A prefill of many chunks that asks `cancelled()` between them, as MlxEngine does."""
+    """A prefill of many one-token chunks, 10 ms a step; records its first row's start and
+    release, and the prompt tokens prefilled."""
 
     def __init__(self, chunks: int = 1000) -> None:
-        super().__init__()
-        self.chunks, self.done = chunks, 0
+        super().__init__(["never", "You said: next"], delay=0.01, prefill_chunk=1)
+        self.chunks = chunks
         self.started, self.stopped = threading.Event(), threading.Event()
+        self.first_steps = 0
 
-    def generate(self, prompt: PreparedPrompt, params: SamplingParams,
-                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[GenerationStep]:
+    @property
+    def done(self) -> int:
+        """Prompt tokens of the first row prefilled before it was released."""
+        return sum(self.prefills[:self.first_steps])
+
+    def prepare(self, prompt: PromptInput) -> PreparedPrompt:
+        prepared = super().prepare(prompt)
+        return prepared if self.started.is_set() else attrs.evolve(prepared,
+                                                                   token_count=self.chunks)
+
+    def admit(self, prompt: PreparedPrompt, params: SamplingParams) -> RowId:
         self.started.set()
-        for _ in range(self.chunks):
-            if cancelled():
-                self.stopped.set()
-                return
-            self.done += 1
-            time.sleep(0.01)
-        yield GenerationStep("never", 1, FinishReason.STOP)
+        return super().admit(prompt, params)
+
+    def release(self, row: RowId, *, keep: bool) -> None:
+        super().release(row, keep=keep)
+        if row == 1:
+            self.first_steps = len(self.prefills)
+            self.stopped.set()
 
 
 def test_a_request_cancelled_in_prefill_stops_between_chunks_and_frees_the_worker() -> None:
@@ -199,7 +201,6 @@ def test_a_request_cancelled_in_prefill_stops_between_chunks_and_frees_the_worke
         with pytest.raises(asyncio.CancelledError):
             await opening
         assert await asyncio.to_thread(engine.stopped.wait, 5)
-        chat.engine = FakeEngine()
         return (await chat.complete(ask("next"))).text
 
     assert asyncio.run(run()) == "You said: next"
