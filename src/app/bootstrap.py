@@ -67,7 +67,19 @@ def build_images(settings: Settings) -> ImageLoader:
 
 def build_worker(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> GenerationWorker:
     return generation_worker(
-        engine, metrics, QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch))
+        engine, metrics, QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch,
+                                     max_batch=settings.max_batch or default_max_batch(settings)))
+
+
+def default_max_batch(settings: Settings) -> int:
+    """Rows decoding together unless configured, as measured (bench/concurrency.py, figures in
+    bench/RESULTS.md): on the CPU aggregate decode stops growing past 4 rows; a GPU gains up
+    to 8 and beyond."""
+    if settings.engine != "mlx":
+        return 8
+    import mlx.core as mx
+
+    return 8 if mx.default_device().type == mx.gpu else 4
 
 
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,

@@ -60,6 +60,9 @@ class Settings:
     # prompt tokens per prefill pass; a cancel is seen between passes. None: by device (MlxEngine)
     prefill_chunk: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    # sequences decoding together (continuous batching). None: by device (bootstrap)
+    max_batch: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        [attrs.validators.ge(1), attrs.validators.le(256)]))
     max_queue: int = _QUEUE.max_queue
     queue_timeout: float = _QUEUE.queue_timeout
     swap_batch: int = _QUEUE.max_jumps  # later requests for the loaded model before a swap
@@ -104,8 +107,11 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-image-bytes", "max_image_bytes", int, "largest image accepted"),
     ("--max-images", "max_images", int, "images one request may carry; more get 400"),
     ("--prefix-cache-mb", "prefix_cache_mb", int, "KV prefix cache budget (default: from RAM)"),
-    ("--prefill-chunk", "prefill_chunk", int, "prompt tokens per prefill pass: a client that "
-     "leaves is noticed between passes (default: 128 on the CPU, 1024 on a GPU)"),
+    ("--prefill-chunk", "prefill_chunk", int, "prompt tokens per prefill pass, and per step "
+     "while other requests decode: a client that leaves is noticed between passes (default: "
+     "128 on the CPU, 1024 on a GPU)"),
+    ("--max-batch", "max_batch", int, "requests decoding together (continuous batching; "
+     "default: 4 on the CPU, 8 on a GPU; 1: one at a time)"),
     ("--max-queue", "max_queue", int, "requests that may wait for the model; more get 503"),
     ("--queue-timeout", "queue_timeout", float, "seconds a request may wait before a 503"),
     ("--swap-batch", "swap_batch", int, "later requests for the loaded model served before a swap"),

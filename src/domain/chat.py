@@ -88,6 +88,7 @@ class ChatService:
     startup: StartupPolicy = attrs.field(factory=StartupPolicy)
 
     last_used: float = attrs.field(init=False)  # clock time of the last request (idle unload)
+    _loading: bool = attrs.field(init=False, default=False)  # a model loads (and warms up)
     _idle: asyncio.Task[None] | None = attrs.field(init=False, default=None)
 
     @last_used.default
@@ -118,8 +119,11 @@ class ChatService:
         await asyncio.to_thread(self.worker.stop)
 
     def status(self) -> ServiceStatus:
-        return ServiceStatus("busy" if self.worker.busy else "idle", self.loaded_id(),
-                             self.worker.queued)
+        worker = self.worker
+        state = ("down" if not worker.alive else "loading" if self._loading
+                 else "busy" if worker.busy else "idle")
+        return ServiceStatus(state, self.loaded_id(), worker.queued, worker.rows,
+                             worker.policy.max_batch)
 
     async def models(self, name: str | None = None) -> ModelListing:
         """Every model a client may name, or the one `name` resolves to (ModelNotFound)."""
@@ -243,7 +247,11 @@ class ChatService:
         if loaded is not None and loaded.id == model.id:
             return loaded
         started = self.clock.now()
-        self.engine.load(self.catalog.fetch(model))
+        self._loading = True
+        try:
+            self.engine.load(self.catalog.fetch(model))
+        finally:
+            self._loading = False
         self.metrics.swap(model.id, self.clock.now() - started)
         return self.engine.loaded or model
 

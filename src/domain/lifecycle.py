@@ -35,9 +35,11 @@ class StartupPolicy:
 class ServiceStatus:
     """What a health probe reports: whether the generation thread is at work, on what."""
 
-    state: str  # "busy" (a generation or a load running) or "idle"
+    state: str  # "loading" (a model), "busy" (generating), "idle", or "down" (thread died)
     model: str | None  # the model in memory
     queued: int  # requests waiting for the model
+    running: int = 0  # requests in the running batch (prefilling or decoding)
+    max_batch: int = 1  # how many may run together
 
 
 @attrs.frozen

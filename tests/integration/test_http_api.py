@@ -38,7 +38,8 @@ def assert_error(result: falcon.testing.Result, status: int, code: str | None,
 
 def test_health_reports_the_loaded_model(client: falcon.testing.TestClient) -> None:
     assert client.simulate_get("/health").json == {"status": "ok", "state": "idle", "model": None,
-                                                    "queued": 0, "backend": {"engine": "FakeEngine"}}
+                                                    "queued": 0, "running": 0, "max_batch": 8,
+                                                    "backend": {"engine": "FakeEngine"}}
     chat(client)
     assert client.simulate_get("/health").json["model"] == GEMMA
 

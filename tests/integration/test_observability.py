@@ -169,7 +169,9 @@ def test_the_queue_depth_gauge_counts_the_waiting_requests_and_returns_to_zero(
         metrics: PrometheusMetrics) -> None:
     """The gauge was set before a request was enqueued (so it left that one out) and never
     lowered: the worker now reports each change, on enqueue, dequeue and drop."""
-    app = build(Settings(engine="fake"), engine=FakeEngine(delay=0.05), metrics=metrics)
+    # one row at a time, so that the others wait (with batching they would all run)
+    app = build(Settings(engine="fake", max_batch=1), engine=FakeEngine(delay=0.05),
+                metrics=metrics)
     waiting = 3
 
     async def ask(conductor: falcon.testing.ASGIConductor) -> str:

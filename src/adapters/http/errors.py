@@ -13,6 +13,7 @@ import falcon.asgi
 from ...domain.errors import (
     DomainError,
     EngineFailure,
+    EngineUnavailable,
     ModelNotFound,
     ModelUnavailable,
     ResponseNotFound,
@@ -67,7 +68,7 @@ def status_on(req: falcon.asgi.Request, error: DomainError) -> int:
 def status_of(error: DomainError) -> int:
     if isinstance(error, ModelNotFound | ResponseNotFound):
         return 404
-    if isinstance(error, ModelUnavailable | ServerBusy):
+    if isinstance(error, ModelUnavailable | ServerBusy | EngineUnavailable):
         return 503
     if isinstance(error, EngineFailure):
         return 500
@@ -90,7 +91,7 @@ async def on_domain_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         log.error("inference failed: %s", error.message)
     resp.status = status = status_on(req, error)
     resp.media = error_body(req, error.message, status, param=error.param, code=error.code)
-    if isinstance(error, ServerBusy):
+    if isinstance(error, ServerBusy | EngineUnavailable):
         resp.set_header("Retry-After", str(error.retry_after))
 
 

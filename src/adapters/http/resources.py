@@ -46,9 +46,13 @@ class HealthResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         status = self._service.status()
-        state = "draining" if self._draining() else status.state
-        resp.media = {"status": "ok", "state": state, "model": status.model,
-                      "queued": status.queued, "backend": dict(self._backend())}
+        state = "draining" if self._draining() and status.state != "down" else status.state
+        if state == "down":  # the generation thread died: nothing will be answered
+            resp.status = 503
+        resp.media = {"status": "down" if state == "down" else "ok", "state": state,
+                      "model": status.model, "queued": status.queued,
+                      "running": status.running, "max_batch": status.max_batch,
+                      "backend": dict(self._backend())}
 
 
 class ModelsResource:
