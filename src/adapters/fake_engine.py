@@ -167,6 +167,10 @@ class FakeEngine:
             state = self._rows.get(row)
             if state is None or state.emitted:
                 continue
+            if state.faults.get("fail-engine") == 1:  # the step of its first token fails
+                self._rows.clear()
+                raise EngineUnavailable("Inference failed for every running request "
+                                        "(injected engine failure). Retry shortly.")
             if "fail-prefill" in state.faults:
                 del self._rows[row]
                 progress.append(RowProgress(row, error=EngineFailure(

@@ -227,7 +227,6 @@ class GenerationWorker:
         except BaseException as exc:  # a bug in the loop itself: fail everyone, never hang
             log.critical("the generation thread stopped: %r", exc, exc_info=exc)
             self._die()
-            raise
 
     def _admit(self, jumps: int) -> tuple[list[_Job], list[_Job], int] | None:
         """Wait until there is something to do; then which waiting jobs start (and expire)."""
