@@ -119,6 +119,10 @@ def assert_same_tokens(reference: list[GenerationStep], batched: list[Generation
             assert gap < limit, (f"{label}: token {i} differs ({got} batched, {want} alone) and the "
                                  f"alone top-2 gap {gap:.3g} is not float noise (< {limit})")
             return
+        # the same token: its log-probability too (a wrong position or cache shows here first)
+        got_lp, want_lp = batched[i].logprob, reference[i].logprob
+        if got_lp is not None and want_lp is not None:
+            assert abs(got_lp.logprob - want_lp.logprob) < limit, (label, i, got_lp, want_lp)
     assert len(tokens) == len(expected), label
 
 
@@ -193,14 +197,14 @@ def test_greedy_rows_in_a_batch_give_the_tokens_they_give_alone(engines: dict[st
     engine = engines[model]
     requests = requests_for(model)
     prompts = [prepare(engine, r) for r in requests]
-    params = [attrs.evolve(GREEDY, max_tokens=r.max_tokens) for r in requests]
+    params = [attrs.evolve(GREEDY, max_tokens=r.max_tokens, logprobs=True) for r in requests]
     references = [alone(engine, p, q) for p, q in zip(prompts, params, strict=True)]
     # the next turn of the first conversation: its prefix comes from the cache
     follow = prepare(engine, requests[0], "".join(s.text for s in references[0]),
                      Request("And then?", 8))
     assert follow.cached_tokens > 0
     prompts.append(follow)
-    params.append(attrs.evolve(GREEDY, max_tokens=8))
+    params.append(attrs.evolve(GREEDY, max_tokens=8, logprobs=True))
     references.append(alone(engine, follow, params[-1]))
 
     script = Script(prompts, params, joins=[0, 0, 2, 3, 1, 5], grant=8, cancel={4: 7})
