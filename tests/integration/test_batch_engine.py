@@ -17,7 +17,12 @@ import pytest
 from mlx_server.adapters.mlx.engine import MlxEngine, _Payload
 from mlx_server.domain.completion import FinishReason, GenerationStep
 from mlx_server.domain.conversation import (
-    ImagePart, Message, ResponseFormat, Role, SamplingParams, TextPart,
+    ImagePart,
+    Message,
+    ResponseFormat,
+    Role,
+    SamplingParams,
+    TextPart,
 )
 from mlx_server.domain.errors import EngineFailure, EngineUnavailable
 from mlx_server.domain.families import GEMMA3, GENERIC, QWEN3_VL
@@ -277,7 +282,8 @@ def test_a_row_failure_is_that_rows_alone(engines: dict[str, MlxEngine]) -> None
     engine = engines["smollm"]
     prompts = [prepare(engine, Request(t, 0)) for t in ("Hi.", "Name a fruit.", "Count to three.")]
     params = [attrs.evolve(GREEDY, max_tokens=6)] * 3
-    references = [[s.token for s in generate_alone(engine, p, q)] for p, q in zip(prompts, params, strict=True)]
+    references = [[s.token for s in generate_alone(engine, p, q)]
+                  for p, q in zip(prompts, params, strict=True)]
     calls = []
 
     def failing(tokens: Any, logits: Any) -> Any:
@@ -339,3 +345,23 @@ def test_a_kept_row_serves_the_next_turn_from_the_prefix_cache(engines: dict[str
     cold = uncached(follow)
     assert [s.token for s in generate_alone(engine, follow, params)] == \
         [s.token for s in generate_alone(engine, cold, params)]
+
+
+def test_a_gemma_row_past_its_sliding_window_decodes_in_a_batch_as_alone(
+        engines: dict[str, MlxEngine]) -> None:
+    """The local layers' windows (512) wrap while the row prefills and decodes beside a short row
+    joining later; its kept state (a wrapped window) then serves the next turn whole."""
+    engine = engines["gemma3"]
+    words = Request("Please remember these words: " + " ".join(f"w{i}" for i in range(260)), 8)
+    prompts = [prepare(engine, words), prepare(engine, Request("Hi.", 0))]
+    assert prompts[0].token_count > 512
+    params = [attrs.evolve(GREEDY, max_tokens=8, logprobs=True), attrs.evolve(GREEDY, max_tokens=6)]
+    references = [alone(engine, p, q) for p, q in zip(prompts, params, strict=True)]
+    batched, errors = Script(prompts, params, joins=[0, 3], grant=64).run(engine)
+    assert errors == [None, None]
+    for index in (0, 1):
+        assert_same_tokens(references[index], batched[index], gap_limit(engine), f"gemma3 window {index}")
+    follow = prepare(engine, words, "".join(s.text for s in batched[0]), Request("Which was first?", 0))
+    follow_params = attrs.evolve(GREEDY, max_tokens=6)
+    assert [s.token for s in generate_alone(engine, follow, follow_params)] == \
+        [s.token for s in generate_alone(engine, uncached(follow), follow_params)]

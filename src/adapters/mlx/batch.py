@@ -93,7 +93,7 @@ def prime_cached_prefix(model: Any, ids: Any, mask: Any, kwargs: dict[str, Any])
 def detokenizer(processor: Any) -> Any:
     from mlx_vlm.tokenizer_utils import make_streaming_detokenizer
 
-    return make_streaming_detokenizer(processor)
+    return make_streaming_detokenizer(processor)  # type: ignore[no-untyped-call]
 
 
 def eos_ids(tokenizer: Any) -> frozenset[int]:
@@ -145,7 +145,7 @@ def sample(logprobs: Any, temperature: Sequence[float], top_k: Sequence[int],
     greedy = mx.argmax(logprobs, axis=-1)
     if all(t == 0 for t in temperature):
         return greedy
-    rows, vocab = logprobs.shape
+    vocab = logprobs.shape[-1]
     x = logprobs.astype(mx.float32)
     neg = mx.array(-float("inf"), dtype=mx.float32)
     if any(0 < k < vocab for k in top_k):
@@ -376,6 +376,7 @@ class Batcher:
         if not row.started:
             self._start(row)
         lm, cache = self.model.language_model, row.cache
+        assert cache is not None
         done = 0
         if not row.chunked:  # the model prefills in one pass only
             budget = max(budget, row.ids.shape[1])
@@ -466,8 +467,8 @@ class Batcher:
                 leaving.append(i)
         if leaving:
             batch.leave(leaving, keep=self.prefix is not None)
-        for i, exc in failed.items():
-            self._fail(rows[i], exc, progress)
+        for i, fault in failed.items():
+            self._fail(rows[i], fault, progress)
         return len(rows) - len(failed)
 
     def _forward(self, batch: Batch) -> Any:
@@ -541,7 +542,7 @@ def token_logprob(tokenizer: Any, token: int, logprobs: Any, top: int) -> TokenL
     if top:
         best = mx.argpartition(-values, kth=top - 1)[:top]
         ids: list[int] = best.tolist()  # type: ignore[assignment]
-        scores: list[float] = values[best].tolist()  # type: ignore[assignment]
+        scores: list[float] = values[best].tolist()
         ranked = sorted(zip(ids, scores, strict=True), key=lambda pair: -pair[1])
         alternatives = tuple(TopLogprob(text, lp, raw) for i, lp in ranked
                              for text, raw in [_token_text(tokenizer, i)])
