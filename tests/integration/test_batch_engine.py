@@ -229,7 +229,7 @@ def test_greedy_rows_in_a_batch_give_the_tokens_they_give_alone(engines: dict[st
 
 def test_a_seed_draws_the_same_tokens_alone_and_beside_any_neighbours(
         engines: dict[str, MlxEngine]) -> None:
-    engine = engines["smollm"]
+    engine = engines["qwen3"]  # tiny: fast
     prompt = prepare(engine, Request("Write a short poem about the sea.", 0))
     seeded = SamplingParams(temperature=0.9, seed=1234, max_tokens=8)
     reference = [s.token for s in generate_alone(engine, prompt, seeded)]
@@ -279,7 +279,7 @@ def test_per_row_parameters_in_one_batch_each_equal_their_run_alone(
 
 
 def test_a_row_failure_is_that_rows_alone(engines: dict[str, MlxEngine]) -> None:
-    engine = engines["smollm"]
+    engine = engines["qwen3"]  # tiny: fast
     prompts = [prepare(engine, Request(t, 0)) for t in ("Hi.", "Name a fruit.", "Count to three.")]
     params = [attrs.evolve(GREEDY, max_tokens=6)] * 3
     references = [[s.token for s in generate_alone(engine, p, q)]
@@ -308,7 +308,7 @@ def test_a_failed_batched_step_is_engine_unavailable_and_the_engine_goes_on(
         engines: dict[str, MlxEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlx_server.adapters.mlx.batch import Batcher
 
-    engine = engines["smollm"]
+    engine = engines["qwen3"]  # tiny: fast
     prompts = [prepare(engine, Request(t, 0)) for t in ("Hi.", "Name a fruit.")]
     params = attrs.evolve(GREEDY, max_tokens=5)
     reference = [s.token for s in generate_alone(engine, prompts[1], params)]
