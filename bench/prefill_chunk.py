@@ -51,13 +51,14 @@ def engines(sizes: list[int], tokens: int) -> tuple[dict[int, MlxEngine], Prepar
 def measure(by_size: dict[int, MlxEngine], prompt: PreparedPrompt, rounds: int) -> dict[int, list[float]]:
     """Seconds to prefill ``prompt`` (max_tokens=1) per chunk size, sizes interleaved in each round."""
     from mlx_server.domain.conversation import SamplingParams
+    from mlx_server.domain.rows import generate_alone
 
     params = SamplingParams(temperature=0.0, max_tokens=1)
     seconds: dict[int, list[float]] = {size: [] for size in by_size}
     for _ in range(rounds):
         for size, engine in by_size.items():
             started = time.perf_counter()
-            for _step in engine.generate(prompt, params):
+            for _step in generate_alone(engine, prompt, params):
                 pass
             seconds[size].append(time.perf_counter() - started)
     return seconds

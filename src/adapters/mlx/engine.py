@@ -1,4 +1,5 @@
-"""The real inference engine: mlx_vlm's loader, the model's own chat template, stream_generate.
+"""The real inference engine: mlx_vlm's loader, the model's own chat template, and rows of
+requests decoding together (the batch machinery: batch.py).
 
 Every method runs on the single generation thread (the domain's GenerationWorker), which owns MLX.
 """
@@ -10,25 +11,23 @@ import ctypes
 import gc
 import logging
 import os
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from ...domain.completion import FinishReason, GenerationStep, TokenLogprob, TopLogprob
 from ...domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
 from ...domain.errors import InvalidRequest, ModelUnavailable
 from ...domain.models import ModelRef
-from ...domain.ports import PreparedPrompt, PromptInput
+from ...domain.ports import PreparedPrompt, PromptInput, RowId, StepReport
 from ..host import Host
 from ..store.model_files import check_model_dir
+from .batch import Batcher
 from .dequantize import dequantize_for_cpu
 from .kv_store import CachePlan, KvPrefixStore
 from .structured import json_logits_processor
 from .tool_constraint import tool_call_processor
 
 log = logging.getLogger(__name__)
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
-_TENSORS = ("input_ids", "pixel_values", "attention_mask")
 _TAIL = 64  # characters of the rendered template the domain reads (an open reasoning block)
 
 
@@ -55,6 +54,7 @@ class MlxEngine:
         self._weight_size = 0
         self._vocab: int | None = None
         self._markers: tuple[str, ...] = ()
+        self._batcher: Batcher | None = None  # the rows of the loaded model
 
     @property
     def loaded(self) -> ModelRef | None:
@@ -116,7 +116,9 @@ class MlxEngine:
 
         if self.prefix is not None and self._ref is not None:
             self.prefix.drop_model(self._ref.id)  # KV states of a model gone are useless
-        self._ref = self._model = self._processor = self._vocab = None
+        if self._batcher is not None:
+            self._batcher.drop_all()
+        self._ref = self._model = self._processor = self._vocab = self._batcher = None
         self._weight_size, self._markers = 0, ()
         gc.collect()
         mx.clear_cache()
@@ -169,51 +171,41 @@ class MlxEngine:
                                  param="messages") from exc
         return text
 
-    def generate(
-        self, prompt: PreparedPrompt, params: SamplingParams,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> Generator[GenerationStep, None, None]:
-        from mlx_vlm.generate import stream_generate
+    @property
+    def prefill_chunk(self) -> int:
+        """Prompt tokens per prefill pass: the configured size, else by device, as measured
+        (bench/prefill_chunk.py, bench/GPU.md; figures in bench/RESULTS.md): on the CPU small
+        passes are also the fastest; on a GPU large ones are."""
+        return self._chunk()
 
-        model, processor = self._require()
-        tokenizer = getattr(processor, "tokenizer", processor)
-        inputs: Mapping[str, Any] = prompt.payload  # type: ignore[assignment]
-        extra = {key: value for key, value in inputs.items() if key not in _TENSORS}
+    def admit(self, prompt: PreparedPrompt, params: SamplingParams) -> RowId:
+        """The row's state only: its sampling parameters and seed, its logits processors (a JSON
+        schema or a tool grammar compiled now: a bad schema is InvalidRequest). No model
+        compute: later steps prefill it."""
+        batcher = self._rows()
+        tokenizer = getattr(self._processor, "tokenizer", self._processor)
+        processors: list[Any] = []
         if params.response_format is not None:  # the domain never sends a tool grammar with it
-            extra["logits_processors"] = [
-                json_logits_processor(tokenizer, params.response_format.schema)]
+            processors.append(json_logits_processor(tokenizer, params.response_format.schema))
         elif params.tool_grammar is not None and (
                 constraint := tool_call_processor(tokenizer, params.tool_grammar)) is not None:
-            extra["logits_processors"] = [constraint]
-        plan = inputs.plan if isinstance(inputs, _Payload) else None
-        reuse, cache = self.prefix.generation_kwargs(model, plan) if self.prefix and plan else ({}, [])
-        results = stream_generate(
-            model, processor, "", input_ids=inputs["input_ids"],
-            pixel_values=inputs.get("pixel_values"), mask=inputs.get("attention_mask"),
-            prefill_step_size=self._chunk(), **_sampling(params), **extra, **reuse)
-        generated: list[int] = []  # new token ids: the prefix-cache entry covers them too
-        reused_as_planned = False
-        guard = _Guard(cancelled)
-        try:
-            with guard.watching(model.language_model):
-                for result in results:
-                    reused_as_planned = plan is not None and result.cached_tokens == plan.reused
-                    # the detokenizer's final flush repeats the last token: it is not a new one
-                    token = result.token if result.generation_tokens > len(generated) else None
-                    if token is not None:
-                        generated.append(int(token))
-                    logprob = (_logprob(tokenizer, token, result.logprobs, params.top_logprobs)
-                               if params.logprobs and token is not None else None)
-                    yield GenerationStep(result.text, token, _FINISH.get(result.finish_reason or ""),
-                                         logprob)
-        except _ClientGone:  # the request was cancelled: stop here, keep nothing half-done
-            if not generated:
-                log.info("cancelled during prefill after %d of %d prompt tokens", guard.prefilled,
-                         prompt.token_count - prompt.cached_tokens)
-        finally:
-            results.close()
-            if not guard.tripped:
-                self._keep(plan, cache, generated, reused_as_planned)
+            processors.append(constraint)
+        return batcher.admit(prompt, params, processors)
+
+    def step(self, prefill: Mapping[RowId, int]) -> StepReport:
+        if self._batcher is None:
+            return StepReport(())
+        return self._batcher.step(prefill)
+
+    def _rows(self) -> Batcher:
+        model, processor = self._require()
+        if self._batcher is None or self._batcher.model is not model:
+            self._batcher = Batcher(model, processor, self.prefix, self._chunk())
+        return self._batcher
+
+    def release(self, row: RowId, *, keep: bool) -> None:
+        if self._batcher is not None:
+            self._batcher.release(row, keep=keep)
 
     def _chunk(self) -> int:
         if self._prefill_chunk is None:
@@ -228,66 +220,10 @@ class MlxEngine:
         ids = [int(token) for token in inputs["input_ids"][0].tolist()]
         return self.prefix.plan(self._model, self._ref.id, ids, [i.key for i in prompt.images])
 
-    def _keep(self, plan: CachePlan | None, cache: list[Any], generated: list[int],
-              reused_as_planned: bool) -> None:
-        """Save the KV state of prompt + generated tokens for the next turn."""
-        if plan is None or self.prefix is None:
-            return
-        if reused_as_planned:
-            self.prefix.save(plan, cache, generated)
-        else:
-            log.warning("prefix cache: mlx_vlm did not reuse the planned %d tokens", plan.reused)
-
     def _require(self) -> tuple[Any, Any]:
         if self._model is None:
             raise ModelUnavailable("No model is loaded.")
         return self._model, self._processor
-
-
-class _ClientGone(Exception):
-    """Raised between two forward passes when the request was cancelled."""
-
-
-class _Guard:
-    """Asks `cancelled()` before every forward pass of the language model: each prefill chunk and
-    each decode step. mlx_vlm's prefill loop has no hook of its own for this (its one checkpoint
-    callback is taken by its prompt cache), so while generating, the model's language model runs
-    as a subclass of its own class whose __call__ checks first; nothing else about it changes."""
-
-    _classes: ClassVar[dict[type, type]] = {}
-
-    def __init__(self, cancelled: Callable[[], bool]) -> None:
-        self.cancelled = cancelled
-        self.prefilled = 0  # prompt tokens through the model in whole prefill chunks
-        self.tripped = False
-
-    @contextlib.contextmanager
-    def watching(self, language_model: Any) -> Generator[None, None, None]:
-        original = type(language_model)
-        language_model.__class__ = self._checked(original)
-        object.__setattr__(language_model, "_mlx_server_guard", self)
-        try:
-            yield
-        finally:
-            language_model.__class__ = original
-            object.__delattr__(language_model, "_mlx_server_guard")
-
-    def check(self, chunk: int | None) -> None:
-        if self.cancelled():
-            self.tripped = True
-            raise _ClientGone
-        self.prefilled += chunk or 0
-
-    @classmethod
-    def _checked(cls, original: type) -> type:
-        if (checked := cls._classes.get(original)) is None:
-            def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-                self._mlx_server_guard.check(kwargs.get("n_to_process"))
-                return original.__call__(self, *args, **kwargs)
-
-            checked = cls._classes[original] = type(original.__name__, (original,),
-                                                    {"__call__": __call__})
-        return checked
 
 
 class _Payload(dict[str, Any]):
@@ -357,40 +293,6 @@ def _logits_width(model: Any, processor: Any) -> int:
         if isinstance(size := getattr(section, "vocab_size", None), int) and size > 0:
             return size
     return len(getattr(processor, "tokenizer", processor))
-
-
-def _sampling(params: SamplingParams) -> dict[str, Any]:
-    """mlx_vlm's own samplers and logits processors; unset values keep the model's defaults."""
-    kwargs: dict[str, Any] = {"max_tokens": params.max_tokens}
-    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
-                 "presence_penalty", "frequency_penalty"):
-        if (value := getattr(params, name)) is not None:
-            kwargs[name] = value
-    if params.logit_bias:
-        kwargs["logit_bias"] = dict(params.logit_bias)
-    return kwargs
-
-
-def _logprob(tokenizer: Any, token: int, logprobs: Any, top: int) -> TokenLogprob:
-    """OpenAI's per-token entry from mlx_vlm's log-softmax over the vocabulary."""
-    import mlx.core as mx
-
-    values = logprobs.reshape(-1)
-    alternatives: tuple[TopLogprob, ...] = ()
-    if top:
-        best = mx.argpartition(-values, kth=top - 1)[:top]
-        ids: list[int] = best.tolist()  # type: ignore[assignment]
-        scores: list[float] = values[best].tolist()
-        ranked = sorted(zip(ids, scores, strict=True), key=lambda pair: -pair[1])
-        alternatives = tuple(TopLogprob(text, lp, raw) for i, lp in ranked
-                             for text, raw in [_token_text(tokenizer, i)])
-    text, raw = _token_text(tokenizer, token)
-    return TokenLogprob(text, float(values[token].item()), raw, alternatives)
-
-
-def _token_text(tokenizer: Any, token: int) -> tuple[str, tuple[int, ...]]:
-    text = str(tokenizer.decode([token]))
-    return text, tuple(text.encode("utf-8"))
 
 
 def _placeholders(processor: Any) -> tuple[str, ...]:

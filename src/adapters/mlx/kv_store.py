@@ -146,21 +146,6 @@ class KvPrefixStore:
             return None
         return CachePlan(model_id, tuple(ids), key, self.policy.lookup(model_id, key))
 
-    def generation_kwargs(self, model: Any, plan: CachePlan) -> tuple[dict[str, Any], list[Any]]:
-        """stream_generate's keyword arguments for `plan`, and the cache it will fill. On a hit
-        mlx_vlm's PromptCacheState path does the rest: it prefills only the suffix, drops the
-        pixel values (every image is in the prefix) and primes Qwen's mRoPE state."""
-        from mlx_vlm.generate import PromptCacheState
-        from mlx_vlm.models.cache import make_prompt_cache
-
-        if plan.hit is None:
-            cache = make_prompt_cache(model.language_model)
-            return {"prompt_cache": cache}, cache
-        state: Any = PromptCacheState()  # type: ignore[no-untyped-call]
-        state.token_ids = list(plan.ids[:plan.reused])
-        state.cache = restore(plan.hit.entry.handle, plan.reused)  # type: ignore[arg-type]
-        return {"prompt_cache_state": state}, state.cache
-
     def save(self, plan: CachePlan, cache: Sequence[Any], generated: Sequence[int]) -> None:
         """Keep the KV state of the prompt and its generated tokens for the next turn."""
         tokens = plan.key + tuple(generated)
