@@ -40,11 +40,17 @@ def build_engine(settings: Settings) -> InferenceEngine:
         replies = load_replies(settings.fake_replies) if settings.fake_replies else ()
         thinking = cast(Literal["none", "hybrid", "forced"], settings.fake_thinking)  # a choice
         return FakeEngine(replies, delay=settings.fake_delay, thinking=thinking)
+    import mlx.core as mx
+
     from ..adapters.mlx.engine import MlxEngine
 
+    warm: tuple[int, ...] = ()  # a load warms up the batch sizes the scheduler will use, on a GPU
+    if mx.default_device().type == mx.gpu:
+        largest = settings.max_batch or default_max_batch(settings)
+        warm = (*(size for size in (1, 2, 4, 8, 16, 32, 64, 128) if size < largest), largest)
     return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,
                      prefix_cache_mb=settings.prefix_cache_mb,
-                     prefill_chunk=settings.prefill_chunk)
+                     prefill_chunk=settings.prefill_chunk, warm_batches=warm)
 
 
 def build_catalog(settings: Settings) -> ModelCatalog:

@@ -366,3 +366,24 @@ def test_a_gemma_row_past_its_sliding_window_decodes_in_a_batch_as_alone(
     follow_params = attrs.evolve(GREEDY, max_tokens=6)
     assert [s.token for s in generate_alone(engine, follow, follow_params)] == \
         [s.token for s in generate_alone(engine, uncached(follow), follow_params)]
+
+
+def test_a_load_warms_up_the_batch_sizes_and_leaves_nothing_behind(tiny_qwen3_vl: Path) -> None:
+    """On a GPU a load runs a short generation at each batch size the scheduler uses (asked for
+    explicitly here, on the CPU): afterwards no row is left, the prefix cache holds nothing from
+    it, and the first real request generates as on an engine that never warmed up."""
+    ref = ModelRef("tiny-qwen3-vl", str(tiny_qwen3_vl), QWEN3_VL.name, 4096, vision=True)
+    request = PromptInput(messages=(Message(Role.USER, (TextPart("Name three colours."),)),))
+    outputs = []
+    for warm in ((), (1, 2, 3)):
+        engine = MlxEngine(warm_batches=warm)
+        engine.load(ref)
+        batcher = engine._batcher
+        assert warm == () or (batcher is not None and batcher._next_id == sum(warm))
+        assert batcher is None or not batcher.rows
+        prompt = engine.prepare(request)
+        assert prompt.cached_tokens == 0  # the warm-up saved nothing (its template prefix is shared)
+        outputs.append([s.token for s in generate_alone(
+            engine, prompt, SamplingParams(temperature=0.0, max_tokens=6))])
+        engine.unload()
+    assert outputs[0] == outputs[1]

@@ -11,9 +11,12 @@ import ctypes
 import gc
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ...domain.conversation import Message, Role, SamplingParams, TextPart, ToolSpec
 from ...domain.errors import InvalidRequest, ModelUnavailable
@@ -35,8 +38,12 @@ class MlxEngine:
     """Implements the InferenceEngine port with mlx_vlm, one model in memory at a time."""
 
     def __init__(self, cpu_weights: str = "auto", prefix_cache: bool = True,
-                 prefix_cache_mb: int | None = None, prefill_chunk: int | None = None) -> None:
+                 prefix_cache_mb: int | None = None, prefill_chunk: int | None = None,
+                 warm_batches: tuple[int, ...] | None = None) -> None:
         self._cpu_weights = cpu_weights
+        # batch sizes a load warms up (a GPU compiles kernels per shape on first use, minutes
+        # on CUDA); None: none on the CPU, 1, 2, 4 and 8 on a GPU
+        self._warm_batches = warm_batches
         _steady_heap()
         # tokens per prefill pass: a cancel is seen between passes. None: by device, as measured
         # (bench/prefill_chunk.py, bench/GPU.md; figures in bench/RESULTS.md): on the CPU small
@@ -90,6 +97,45 @@ class MlxEngine:
         self._weight_size, self._vocab = needed, _logits_width(self._model, self._processor)
         self._markers = _placeholders(self._processor)
         log.info("%s loaded: %s", model.id, self.weights)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """A short greedy generation at each batch size the scheduler will use, so that the first
+        requests do not wait while the device compiles its kernels (on CUDA, measured on an H200:
+        the first request after a cold start waited 148 s; bench/GPU.md). Part of the load:
+        /health says "loading" until it is done. A failure here is logged, never fatal."""
+        import mlx.core as mx
+
+        sizes = self._warm_batches
+        if sizes is None:
+            sizes = (1, 2, 4, 8) if mx.default_device().type == mx.gpu else ()
+        if not sizes:
+            return
+        started = time.monotonic()
+        try:
+            prompt = self.prepare(PromptInput(
+                messages=(Message(Role.USER, (TextPart("Say hello."),)),)))
+            prompt = attrs.evolve(prompt, cached_tokens=0,
+                                  payload=_Payload(prompt.payload, None))  # type: ignore[arg-type]
+            params = SamplingParams(max_tokens=3, temperature=0.0)
+            for size in sizes:
+                rows = [self.admit(prompt, params) for _ in range(size)]
+                pending, grant = set(rows), {row: prompt.token_count for row in rows}
+                try:
+                    while pending:  # all prefilled in the first step, then decoded together
+                        for progress in self.step(grant).rows:
+                            if progress.error is not None:
+                                raise progress.error
+                            if progress.step is not None and progress.step.finish_reason:
+                                pending.discard(progress.row)
+                        grant = {}
+                finally:
+                    for row in rows:
+                        self.release(row, keep=False)
+        except Exception:  # a model that cannot chat (no template) still serves completions
+            log.warning("warm-up failed; the first requests compile their own kernels",
+                        exc_info=True)
+        log.info("warmed up batch sizes %s in %.1f s", sizes, time.monotonic() - started)
 
     def _preflight(self, model: ModelRef) -> int:
         """Everything about `model` that can be checked while the current model is still loaded:
