@@ -203,6 +203,7 @@ class Row:
     reused: int = 0  # prompt tokens restored from the prefix cache
     context: list[int] = attrs.Factory(list)  # the processors' token context
     generated: list[int] = attrs.Factory(list)
+    prefilled: int = 0  # prompt tokens through the model in whole chunks
     decoding: bool = False  # in the batch
     finished: bool = False
 
@@ -387,6 +388,7 @@ class Batcher:
             mx.eval([c.state for c in cache])
             row.ids, row.embeds = row.ids[:, n:], row.embeds[:, n:]
             done += n
+            row.prefilled += n
             mx.clear_cache()
         if done >= budget:
             return done, None
@@ -516,6 +518,9 @@ class Batcher:
         row = self.rows.pop(row_id, None)
         if row is None:
             return
+        if not row.generated and not keep:
+            log.info("cancelled during prefill after %d of %d prompt tokens", row.prefilled,
+                     row.prompt.token_count - row.prompt.cached_tokens)
         if row.decoding:
             self.batch.leave([self.batch.rows.index(row)], keep=keep)
         cache, row.cache = row.cache, None
