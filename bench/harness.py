@@ -135,14 +135,15 @@ def start_ours(name: str, model: str, *extra: str) -> Server:
     return Server(name, process, base, model if not Path(model).exists() else str(Path(model)))
 
 
-def start_peer(model_dir: Path) -> Server:
-    """``python -m mlx_vlm.server`` with its Automatic Prefix Cache on (disk tier off), ready."""
+def start_peer(model_dir: Path, log_level: str = "WARNING", log_name: str = "peer") -> Server:
+    """``python -m mlx_vlm.server`` with its Automatic Prefix Cache on (disk tier off), ready; its
+    log in ``LOG_DIR/<log_name>.log``."""
     port = free_port()
-    log = LOG_DIR / "peer.log"
+    log = LOG_DIR / f"{log_name}.log"
     env = fast_env({"APC_ENABLED": "1", "APC_DISK_ENABLED": "0"})
     process = _popen([sys.executable, "-m", "mlx_vlm.server", "--model", str(model_dir),
                       "--host", "127.0.0.1",
-                      "--port", str(port), "--log-level", "WARNING"], env, log)
+                      "--port", str(port), "--log-level", log_level], env, log)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(process, f"{base}/health", "loaded_model", READY_S, log)
     return Server("peer", process, base, str(model_dir))
