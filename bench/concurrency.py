@@ -256,7 +256,8 @@ def start_sides(opts: argparse.Namespace, model_dir: Path) -> dict[str, Proc]:
 
     if "peer" in opts.sides:
         peer_dir = model_dir if opts.gpu else float_copy_for_peer(model_dir)
-        add("peer", lambda: start_peer(peer_dir, log_level="INFO", log_name="peer-concurrency"))
+        add("peer", lambda: start_peer(peer_dir, log_level="INFO", log_name="peer-concurrency",
+                                       fast_path=not opts.gpu))
     if "raw" in opts.sides:
         add("raw", lambda: RawBatch(model_dir, opts.gpu))
     return procs
@@ -285,10 +286,24 @@ def concurrency(opts: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
                     results[side][n] = {"na": "n/a: did not start"}
                 print(f"[{side} N={n}] {time.time() - started:.0f} s: "
                       f"{json.dumps(short(results[side][n]))}", file=sys.stderr, flush=True)
+        if "raw" in procs:
+            single = single_stream(cast(RawBatch, procs["raw"]), everyone, opts)
+            notes.append(f"raw stream_generate, batch 1: {single}")
     finally:
         for proc in everyone:
             proc.stop()
     return {"results": results, "notes": notes}
+
+
+def single_stream(raw: RawBatch, everyone: list[Proc], opts: argparse.Namespace) -> str:
+    """``mlx_vlm.stream_generate`` alone (bench/_raw.py's figure) on the same worker: decode tok/s."""
+    with only(raw, everyone):
+        raw.ask({"op": "single", "messages": prompt(0), "max_tokens": 4})  # warm-up, excluded
+        runs = [raw.ask({"op": "single", "messages": prompt(i), "max_tokens": opts.tokens})
+                for i in range(max(opts.runs, 3))]
+    tps = [r["decode_tps"] for r in runs]
+    return (f"decode {statistics.median(tps):.2f} tok/s ({min(tps):.2f}–{max(tps):.2f}, n={len(tps)}), "
+            f"TTFT {statistics.median(r['ttft_s'] for r in runs):.3f} s, {runs[0]['generated']} tokens")
 
 
 def measure_ours(opts: argparse.Namespace, n: int, everyone: list[Proc]) -> dict[str, Any]:
