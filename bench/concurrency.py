@@ -35,6 +35,7 @@ Run (GPU device):    python -m bench.concurrency --gpu --model DIR ...   (bench/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -212,13 +213,18 @@ def peer_log_note(path: Path, since: int) -> str:
         handle.seek(since)
         text = handle.read().decode(errors="replace")
     backends: dict[str, int] = {}
+    in_flight: list[int] = []
     for line in text.splitlines():
         if "Prefill started" in line and "backend=" in line:
             name = line.split("backend=", 1)[1].split()[0]
             backends[name] = backends.get(name, 0) + 1
-    batch_lines = [line for line in text.splitlines() if "batch" in line.lower() and "backend=" not in line]
-    note = ", ".join(f"{k}×{v}" for k, v in backends.items()) or "no prefill lines"
-    return note + (f"; {len(batch_lines)} other lines mention 'batch'" if batch_lines else "")
+        if "Request completed" in line and "in_flight=" in line:
+            with contextlib.suppress(ValueError):
+                in_flight.append(int(line.split("in_flight=", 1)[1].split()[0]))
+    note = "prefill backends " + (", ".join(f"{k}×{v}" for k, v in backends.items()) or "not logged")
+    if in_flight:  # requests still running when one completed: the batch it left
+        note += f"; in_flight at each completion {sorted(in_flight, reverse=True)}"
+    return note
 
 
 # ------------------------------------------------------------------------------------ the row
@@ -240,7 +246,8 @@ def measure_side(side: str, proc: Proc, procs: list[Proc], n: int,
     return median_of(runs)
 
 
-def start_sides(opts: argparse.Namespace, model_dir: Path) -> dict[str, Proc]:
+def start_sides(opts: argparse.Namespace, model_dir: Path,
+                log_name: str = "peer-concurrency") -> dict[str, Proc]:
     """The peer and the raw worker (ours starts per N), each started with the others paused."""
     procs: dict[str, Proc] = {}
 
@@ -256,7 +263,7 @@ def start_sides(opts: argparse.Namespace, model_dir: Path) -> dict[str, Proc]:
 
     if "peer" in opts.sides:
         peer_dir = model_dir if opts.gpu else float_copy_for_peer(model_dir)
-        add("peer", lambda: start_peer(peer_dir, log_level="INFO", log_name="peer-concurrency",
+        add("peer", lambda: start_peer(peer_dir, log_level="INFO", log_name=log_name,
                                        fast_path=not opts.gpu))
     if "raw" in opts.sides:
         add("raw", lambda: RawBatch(model_dir, opts.gpu))
@@ -414,7 +421,7 @@ def join_gap(opts: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     from .client import long_document
 
     document = long_document(model_dir, opts.join_prompt)
-    procs = start_sides(opts, model_dir)
+    procs = start_sides(opts, model_dir, "peer-join")
     everyone = list(procs.values())
     results: dict[str, Any] = {}
     try:
