@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -510,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     model_dir = resolve_model_dir(opts.model)
     started = time.time()
+    load_start = os.getloadavg()[0]
     if opts.join_gap:
         payload = join_gap(opts, model_dir)
         text = join_table(payload["results"])
@@ -524,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                 if figs.get("log"):
                     payload["notes"].append(f"{side} N={n} log: {figs['log']}")
     elapsed = time.time() - started
-    print(f"\n{title}; model {opts.model}; {elapsed:.0f} s\n{text}")
+    payload["load_avg"] = [load_start, os.getloadavg()[0]]
+    print(f"\n{title}; model {opts.model}; {elapsed:.0f} s; 1-min load average {load_start:.1f} at the "
+          f"start, {payload['load_avg'][1]:.1f} at the end\n{text}")
     for note in payload.get("notes", []):
         print(f"note: {note}")
     if opts.json:
