@@ -435,9 +435,9 @@ def join_gap(opts: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
                 try:
                     if server is None:
                         results[side] = {"na": why}
-                        continue
-                    server_round(server, 1, 4)
-                    results[side] = join_server(server, opts, document)
+                    else:
+                        server_round(server, 1, 4)
+                        results[side] = join_server(server, opts, document)
                 finally:
                     if server is not None:
                         server.stop()
