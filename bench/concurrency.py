@@ -294,7 +294,7 @@ def concurrency(opts: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
                     results[side][n] = {"na": "n/a: did not start"}
                 print(f"[{side} N={n}] {time.time() - started:.0f} s: "
                       f"{json.dumps(short(results[side][n]))}", file=sys.stderr, flush=True)
-        if "raw" in procs:
+        if "raw" in procs and opts.single_runs > 0:
             single = single_stream(cast(RawBatch, procs["raw"]), everyone, opts)
             notes.append(f"raw stream_generate, batch 1: {single}")
     finally:
@@ -308,7 +308,7 @@ def single_stream(raw: RawBatch, everyone: list[Proc], opts: argparse.Namespace)
     with only(raw, everyone):
         raw.ask({"op": "single", "messages": prompt(0), "max_tokens": 4})  # warm-up, excluded
         runs = [raw.ask({"op": "single", "messages": prompt(i), "max_tokens": opts.tokens})
-                for i in range(max(opts.runs, 3))]
+                for i in range(opts.single_runs)]
     tps = [r["decode_tps"] for r in runs]
     return (f"decode {statistics.median(tps):.2f} tok/s ({min(tps):.2f}–{max(tps):.2f}, n={len(tps)}), "
             f"TTFT {statistics.median(r['ttft_s'] for r in runs):.3f} s, {runs[0]['generated']} tokens")
@@ -489,6 +489,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens of every stream")
     parser.add_argument("--runs", type=int, default=1, help="measured rounds per side and N (median)")
     parser.add_argument("--chunk", type=int, default=512, help="raw side: prefill chunk, tokens")
+    parser.add_argument("--single-runs", type=int, default=3,
+                        help="raw side: runs of stream_generate alone (batch 1), 0: none")
     parser.add_argument("--flag", default="--max-batch", help="ours: the batch-size flag")
     parser.add_argument("--ours-args", default="", help="ours: more server arguments, one string")
     parser.add_argument("--gpu", action="store_true",
