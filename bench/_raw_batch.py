@@ -111,14 +111,14 @@ class Runner:
         tokens = mx.concatenate(firsts)
         decode_start = time.perf_counter()
         steps = max_tokens - 1
-        pending = self.step(tokens, batch) if steps > 0 else None
-        if pending is not None:
-            mx.async_eval(pending)
+        async_eval: Any = mx.async_eval  # untyped in mlx's stubs
+        pending: Any = self.step(tokens, batch)
+        async_eval(pending)
         for n in range(steps):
             current = pending
             if n + 1 < steps:
                 pending = self.step(current, batch)
-                mx.async_eval(pending)
+                async_eval(pending)
             current.tolist()  # the host has this step's tokens: a streaming server could send them
             now = time.perf_counter() - start
             for row in rows:

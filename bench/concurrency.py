@@ -233,7 +233,8 @@ def peer_log_note(path: Path, since: int) -> str:
 
 def measure_side(side: str, proc: Proc, procs: list[Proc], n: int,
                  opts: argparse.Namespace) -> dict[str, Any]:
-    runs, extra = [], {}
+    runs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     with only(proc, procs):
         if side == "raw":
             raw_round(cast(RawBatch, proc), n, 4, opts.chunk)  # warm-up at this N, excluded
