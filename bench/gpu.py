@@ -66,15 +66,19 @@ BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 SXM": 3.35e12, "H100 NVL": 3.9e12,
 
 
 def card() -> tuple[str, float | None]:
-    name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                          text=True).stdout.strip().splitlines()[0]
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "no nvidia-smi", None
     for key, value in BANDWIDTH.items():
         if key in name:
             return name, value
     return name, None
 
 
-def build(group_size: int, bits: int) -> tuple[Any, dict[str, Any]]:
+def build(group_size: int, bits: int,
+          text_overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     import copy
 
     import mlx.core as mx
@@ -83,6 +87,7 @@ def build(group_size: int, bits: int) -> tuple[Any, dict[str, Any]]:
     from mlx_vlm.utils import get_model_and_args, skip_multimodal_module, update_module_configs
 
     config = copy.deepcopy(GEMMA3_4B)
+    config["text_config"].update(text_overrides or {})
     mx.random.seed(0)
     model_class, _ = get_model_and_args(config)
     model_config = model_class.ModelConfig.from_dict(config)
@@ -98,6 +103,90 @@ def build(group_size: int, bits: int) -> tuple[Any, dict[str, Any]]:
                                    quant_predicate=lambda path, _m: not skip_multimodal_module(path))
     mx.eval(model.parameters())
     return model, config
+
+
+# ---------------------------------------------------------------- a checkpoint directory (--save)
+
+# Gemma 3's special tokens at their real ids (config: eos [1, 106], boi 255999, eoi 256000, image 262144)
+SPECIALS = {0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>", 105: "<start_of_turn>",
+            106: "<end_of_turn>", 255999: "<start_of_image>", 256000: "<end_of_image>",
+            262144: "<image_soft_token>"}
+FIRST_CHAR = 5  # ids 5..98: the 94 printable non-space ASCII characters; every other id: a word
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def visible_tokenizer(vocab_size: int) -> Any:
+    """A byte-free word-level tokenizer where every id decodes to visible text on its own: Gemma's
+    specials at their ids, one id per printable ASCII character (prompts are split into characters,
+    whitespace dropped, so distinct prompts give distinct ids), and ``w<id>`` for every other id.
+    A random model's streamed text then grows by one visible word per token (a byte-fallback BPE
+    would hold random byte tokens back until they form UTF-8), so per-token timing can be read."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab: dict[str, int] = {}
+    for i in range(vocab_size):
+        if i in SPECIALS:
+            vocab[SPECIALS[i]] = i
+        elif FIRST_CHAR <= i < FIRST_CHAR + len(chars):
+            vocab[chars[i - FIRST_CHAR]] = i
+        else:
+            vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), behavior="isolated")])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIALS.values()])
+    return tok
+
+
+def _write_json(path: Any, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_tokenizer_files(out_dir: Any, vocab_size: int) -> None:
+    """tokenizer.json (visible_tokenizer), tokenizer_config.json, the Gemma 3 processor files."""
+    image_tokens = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                    "image_token": "<image_soft_token>"}
+    visible_tokenizer(vocab_size).save(str(out_dir / "tokenizer.json"))
+    entry = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    _write_json(out_dir / "tokenizer_config.json", {
+        "add_bos_token": False, "add_eos_token": False,
+        "added_tokens_decoder": {str(i): {"content": t, **entry} for i, t in SPECIALS.items()},
+        **image_tokens, "extra_special_tokens": image_tokens, "bos_token": "<bos>", "eos_token": "<eos>",
+        "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>", "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False, "model_max_length": 131072, "padding_side": "left",
+        "processor_class": "Gemma3Processor", "tokenizer_class": "PreTrainedTokenizerFast"})
+    _write_json(out_dir / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    mm = GEMMA3_4B["mm_tokens_per_image"]
+    _write_json(out_dir / "preprocessor_config.json", {
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": mm, "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "Gemma3Processor", "resample": 2, "rescale_factor": 1 / 255,
+        "size": {"height": GEMMA3_4B["vision_config"]["image_size"],
+                 "width": GEMMA3_4B["vision_config"]["image_size"]}})
+    _write_json(out_dir / "processor_config.json",
+                {"image_seq_length": mm, "processor_class": "Gemma3Processor"})
+    _write_json(out_dir / "generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, 106],
+                                                     "pad_token_id": 0})
+
+
+def save_checkpoint(model: Any, config: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """The built model as a checkpoint directory mlx_vlm's ``load`` (and so both servers) can open."""
+    from pathlib import Path
+
+    from mlx_vlm.utils import save_config, save_weights
+
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    save_weights(path, model)
+    save_config(config, path / "config.json")
+    write_tokenizer_files(path, config["text_config"]["vocab_size"])
+    return {"saved": str(path), "save_s": time.perf_counter() - start}
 
 
 def nbytes(tree: Any) -> int:
@@ -204,6 +293,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefill-chunks", default=None,
                         help="e.g. 128,256,512,2048: measure prefill per chunk size instead")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--save", default=None, metavar="DIR",
+                        help="write the checkpoint (weights, config, a visible-word tokenizer, processor "
+                             "files) to DIR for the servers, then exit")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="fewer layers (a local smoke test of --save)")
     return parser.parse_args()
 
 
@@ -262,8 +356,12 @@ def main() -> None:
 
     name, datasheet = card()
     start = time.perf_counter()
-    model, _ = build(64, 4)
+    overrides = {"num_hidden_layers": args.layers} if args.layers else None
+    model, config = build(64, 4, overrides)
     build_s = time.perf_counter() - start
+    if args.save:
+        emit({"build_s": build_s, **save_checkpoint(model, config, args.save)}, args.json)
+        return
     if args.prefill_chunks:
         chunks = [int(c) for c in args.prefill_chunks.split(",")]
         emit({"gpu": name, "mlx": md.version("mlx"), "prompt_tokens": args.prompt, "runs": args.runs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -135,14 +136,17 @@ def start_ours(name: str, model: str, *extra: str) -> Server:
     return Server(name, process, base, model if not Path(model).exists() else str(Path(model)))
 
 
-def start_peer(model_dir: Path) -> Server:
-    """``python -m mlx_vlm.server`` with its Automatic Prefix Cache on (disk tier off), ready."""
+def start_peer(model_dir: Path, log_level: str = "WARNING", log_name: str = "peer",
+               fast_path: bool = True) -> Server:
+    """``python -m mlx_vlm.server`` with its Automatic Prefix Cache on (disk tier off), ready; its
+    log in ``LOG_DIR/<log_name>.log``; the CPU loader environment unless ``fast_path`` is False (GPU)."""
     port = free_port()
-    log = LOG_DIR / "peer.log"
-    env = fast_env({"APC_ENABLED": "1", "APC_DISK_ENABLED": "0"})
+    log = LOG_DIR / f"{log_name}.log"
+    apc = {"APC_ENABLED": "1", "APC_DISK_ENABLED": "0"}
+    env = fast_env(apc) if fast_path else {**os.environ, **apc}
     process = _popen([sys.executable, "-m", "mlx_vlm.server", "--model", str(model_dir),
                       "--host", "127.0.0.1",
-                      "--port", str(port), "--log-level", "WARNING"], env, log)
+                      "--port", str(port), "--log-level", log_level], env, log)
     base = f"http://127.0.0.1:{port}"
     _wait_ready(process, f"{base}/health", "loaded_model", READY_S, log)
     return Server("peer", process, base, str(model_dir))

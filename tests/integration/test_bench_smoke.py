@@ -32,3 +32,18 @@ def test_bench_quick_prints_the_table_and_writes_json(tmp_path: Path, smollm_dir
     assert row["ours"]["median"] > 0 and row["raw"]["median"] > 0
     assert row["ours_ratio"] == pytest.approx(row["ours"]["median"] / row["raw"]["median"])
     assert payload["machine"]["versions"]["mlx"]
+
+
+@pytest.mark.slow
+def test_bench_concurrency_raw_side_batches(tmp_path: Path, smollm_dir: Path) -> None:
+    # bench.concurrency's raw ceiling (bench/_raw_batch.py: prefill alone, merge into BatchKVCache,
+    # decode together) on SmolLM2, 2 streams, 4 tokens: the table, the JSON, both rows' tokens
+    out = tmp_path / "concurrency.json"
+    done = subprocess.run([sys.executable, "-m", "bench.concurrency", "--sides", "raw", "--ns", "2",
+                           "--tokens", "4", "--single-runs", "0", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| side | N | aggregate decode tok/s |" in done.stdout
+    raw = json.loads(out.read_text())["results"]["raw"]
+    assert raw["2"]["generated"] == [4, 4] and raw["2"]["failed"] == 0
+    assert raw["2"]["aggregate_tps"] > 0 and raw["2"]["batched_decode_tps"] > 0
