@@ -21,6 +21,12 @@ mkdir -p "$OUT"
 cd .devcarry/code || exit 1
 [ -f /tmp/g4b/config.json ] || python3 bench/gpu.py --save /tmp/g4b --json "$OUT/save.json" 2>&1 | tail -2
 tag=$(echo "$*" | tr -c 'a-zA-Z0-9\n-' '_' | tr -s '_' | cut -c1-60)
-timeout 540 python3 -m bench.concurrency --gpu --model /tmp/g4b "$@" --json "$OUT/conc${tag}.json" 2>&1 \
-  | grep -v Warning | tee "$OUT/conc${tag}.log"
+if [ "${1:-}" = "startup" ]; then  # bench.startup: process start to first token, cold then warm
+  shift
+  timeout 540 python3 -m bench.startup --model /tmp/g4b "$@" --json "$OUT/startup.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/startup.log"
+else
+  timeout 540 python3 -m bench.concurrency --gpu --model /tmp/g4b "$@" --json "$OUT/conc${tag}.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/conc${tag}.log"
+fi
 tar czf "$OUT/logs${tag}.tgz" -C /tmp mlx-server-bench-logs
