@@ -299,8 +299,10 @@ class ChatService:
             first_token = self.clock.now()
             yield from self._answer(run, model, prompt, first_token - started, first, row)
         finally:  # ended, or closed for a client that left (or for a row that failed)
-            gone = cancelled()
-            if not run.ended and gone:
+            # a finished answer is kept (the client may hang up as soon as it has the last
+            # event: that is no cancellation); one cut short by a client that left is not
+            gone = not run.ended and cancelled()
+            if gone:
                 self.metrics.cancelled(model.id, "prefill" if first_token is None else "decode")
             self.engine.release(row, keep=not gone)
 
