@@ -111,7 +111,7 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "while other requests decode: a client that leaves is noticed between passes (default: "
      "128 on the CPU, 1024 on a GPU)"),
     ("--max-batch", "max_batch", int, "requests decoding together (continuous batching; "
-     "default: 4 on the CPU, 8 on a GPU; 1: one at a time)"),
+     "default 8; 1: one at a time)"),
     ("--max-queue", "max_queue", int, "requests that may wait for the model; more get 503"),
     ("--queue-timeout", "queue_timeout", float, "seconds a request may wait before a 503"),
     ("--swap-batch", "swap_batch", int, "later requests for the loaded model served before a swap"),
