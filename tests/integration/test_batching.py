@@ -217,3 +217,27 @@ def test_swaps_between_two_clients_on_two_models_never_starve(max_batch: int) ->
     texts = asyncio.run(asyncio.wait_for(run(), 30))
     chat.worker.stop()
     assert texts == [[f"You said: {m} {i}" for i in range(6)] for m in (GEMMA, QWEN)]
+
+
+def test_health_shows_the_running_rows() -> None:
+    """The service's status while three rows run and a fourth waits; /health carries the fields."""
+    engine = FakeEngine(delay=0.005)
+    app = build(Settings(engine="fake", max_batch=3), engine=engine)
+    client = ConnectedTestClient(app)
+    seen: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        service = build_service(Settings(engine="fake", max_batch=3), engine=engine)
+        tasks = [asyncio.ensure_future(service.complete(ask("w " * 60))) for _ in range(4)]
+        while len(engine.admitted) < 3:
+            await asyncio.sleep(0.002)
+        status = service.status()
+        seen.append({"running": status.running, "queued": status.queued, "state": status.state,
+                     "max_batch": status.max_batch})
+        await asyncio.gather(*tasks)
+        service.worker.stop()
+
+    asyncio.run(run())
+    assert seen == [{"running": 3, "queued": 1, "state": "busy", "max_batch": 3}]
+    health = client.simulate_get("/health").json
+    assert (health["running"], health["max_batch"]) == (0, 3)
