@@ -387,3 +387,49 @@ def test_a_load_warms_up_the_batch_sizes_and_leaves_nothing_behind(tiny_qwen3_vl
             engine, prompt, SamplingParams(temperature=0.0, max_tokens=6))])
         engine.unload()
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("model", ["smollm", "qwen3"])
+def test_a_stable_batch_launches_each_step_ahead_and_rows_leaving_mid_flight_change_nothing(
+        engines: dict[str, MlxEngine], model: str) -> None:
+    """Every row prefilled in the first step, then decoding together with no joiner: each step
+    launches the next before reading its tokens (docs/batching.md §2.1.7). Rows finishing (EOS,
+    max_tokens) or released (a stop sequence: kept) while a step is in flight lose only that
+    step's token: the others give their tokens and log-probabilities alone, and the kept row's
+    state serves its next turn as an uncached prefill would."""
+    engine = engines[model]
+    texts = ["Say something nice.", "Name three colours.", "Count to five.", "Why is the sky blue?"]
+    prompts = [prepare(engine, Request(t, 0)) for t in texts]
+    params = [attrs.evolve(GREEDY, max_tokens=n, logprobs=True) for n in (9, 4, 9, 6)]
+    # uncached: the references keep nothing, and the batched rows' plans stay what they were
+    references = [alone(engine, uncached(p), q) for p, q in zip(prompts, params, strict=True)]
+    stop_at = 5  # row 0 is ended by the "domain" after this many tokens, as a stop string would
+    rows = [engine.admit(p, q) for p, q in zip(prompts, params, strict=True)]
+    index = {row: i for i, row in enumerate(rows)}
+    got: list[list[GenerationStep]] = [[] for _ in rows]
+    grant, live, launched = {row: 4096 for row in rows}, set(rows), 0
+    while live:
+        report = engine.step(grant)
+        grant = {}
+        batcher = engine._batcher
+        assert batcher is not None
+        launched += batcher.batch.pending is not None
+        for progress in report.rows:
+            assert progress.error is None and progress.step is not None
+            i = index[progress.row]
+            got[i].append(progress.step)
+            if progress.step.finish_reason is not None or (i == 0 and len(got[i]) == stop_at):
+                engine.release(progress.row, keep=True)
+                live.discard(progress.row)
+    assert launched > 0
+    limit = gap_limit(engine)
+    assert len(got[0]) == stop_at
+    for i, (reference, steps) in enumerate(zip(references, got, strict=True)):
+        assert_same_tokens(reference, steps, limit, f"{model} pipelined row {i}")
+    assert engine._batcher is not None and engine._batcher.batch.pending is None
+    reply = "".join(s.text for s in got[0])
+    follow = prepare(engine, Request(texts[0], 0), reply, Request("Say it again.", 0))
+    assert follow.cached_tokens > 0
+    follow_params = attrs.evolve(GREEDY, max_tokens=6)
+    assert [s.token for s in generate_alone(engine, follow, follow_params)] == \
+        [s.token for s in generate_alone(engine, uncached(follow), follow_params)]

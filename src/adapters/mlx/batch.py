@@ -213,19 +213,24 @@ class Row:
 
 
 class Batch:
-    """The decoding rows, their batch cache, their last tokens (device) and mRoPE deltas."""
+    """The decoding rows, their batch cache, their last tokens (device) and mRoPE deltas; and the
+    step in flight, if one was launched (`pending`): the tokens and log-probabilities of a forward
+    already run on `tokens` (the cache holds their position) but not yet read to the host."""
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.cache: list[Any] | None = None
         self.tokens: Any = None  # (B,) int
         self.deltas: Any = None  # (B, 1) or None
+        self.pending: tuple[Any, Any] | None = None  # (B,) tokens, (B, V) logprobs
         self.steps = 0
 
     def join(self, row: Row, token: Any) -> None:
         import mlx.core as mx
 
         assert row.cache is not None
+        # a joiner is one step behind a step in flight: none is launched while one may join
+        assert self.pending is None, "a row joined while a step was in flight"
         cache = batched(row.cache)
         if self.cache is None:
             self.cache, self.tokens = cache, token
@@ -239,10 +244,15 @@ class Batch:
         row.cache, row.decoding = None, True
 
     def leave(self, indices: Sequence[int], keep: bool = False) -> None:
-        """Take these rows out: with `keep`, each gets its KV state back as its own cache."""
+        """Take these rows out: with `keep`, each gets its KV state back as its own cache. Their
+        tokens of a step in flight are discarded with them."""
+        import mlx.core as mx
+
         gone = set(indices)
         if not gone:
             return
+        if self.pending is not None:  # as mlx_vlm does: the step in flight done before filtering
+            mx.eval([*self.pending, *(c.state for c in self.cache or ())])
         for i in sorted(gone):
             row = self.rows[i]
             row.decoding = False
@@ -253,19 +263,21 @@ class Batch:
         if not remaining:
             self.clear()
             return
-        import mlx.core as mx
-
         assert self.cache is not None
         keep_rows(self.cache, remaining)
         index = mx.array(remaining, dtype=mx.int32)
         self.tokens = self.tokens[index]
         if self.deltas is not None:
             self.deltas = self.deltas[index]
+        if self.pending is not None:
+            tokens, logprobs = self.pending
+            self.pending = (tokens[index], logprobs[index])
 
     def clear(self) -> None:
         for row in self.rows:
             row.decoding = False
         self.rows, self.cache, self.tokens, self.deltas = [], None, None, None
+        self.pending = None
 
 
 class Batcher:
@@ -308,12 +320,14 @@ class Batcher:
         started = time.perf_counter()
         progress: dict[RowId, RowProgress] = {}
         decoded = 0
+        joining = [row for row_id, budget in prefill.items()
+                   if (row := self._prefilling(row_id, budget)) is not None]
         if self.batch.rows:
-            decoded = self._decode(progress)
+            decoded = self._decode(progress, pipeline=not joining)
         prefilled = 0
         for row_id, budget in prefill.items():
-            row = self.rows.get(row_id)
-            if row is None or row.decoding or row.finished or budget <= 0 or row.generated:
+            row = self._prefilling(row_id, budget)
+            if row is None:
                 continue
             try:
                 with mx.stream(generation_stream()):
@@ -325,6 +339,13 @@ class Batcher:
             progress[row.id] = RowProgress(row.id, prefilled=done, step=step)
         return StepReport(tuple(progress.values()), decoded=decoded, prefill_tokens=prefilled,
                           seconds=time.perf_counter() - started)
+
+    def _prefilling(self, row_id: RowId, budget: int) -> Row | None:
+        """The row `row_id` if this step prefills it (and it may join the batch)."""
+        row = self.rows.get(row_id)
+        if row is None or row.decoding or row.finished or budget <= 0 or row.generated:
+            return None
+        return row
 
     def _fail(self, row: Row, exc: BaseException, progress: dict[RowId, RowProgress]) -> None:
         if isinstance(exc, DomainError):
@@ -419,9 +440,14 @@ class Batcher:
                 logits = processor(context, logits)
         return logits
 
-    def _decode(self, progress: dict[RowId, RowProgress]) -> int:
-        """One batched forward for every decoding row, each row's processors on its slice, one
-        sampling call, one host transfer of the tokens."""
+    def _decode(self, progress: dict[RowId, RowProgress], pipeline: bool = True) -> int:
+        """One step for every decoding row: one batched forward, each row's processors on its
+        slice, one sampling call, one host transfer of the tokens. Double-buffered (docs/
+        batching.md §2.1.7) while the batch is stable (`pipeline`: no row may join this step) and
+        no row has processors (they need this step's tokens on the host): the next step's forward
+        and sampling are launched on this step's device tokens before these are read, so the
+        host's work (detokenizing, emitting, the server's per-token work after the step) overlaps
+        the device's. A row leaving while a step is in flight has its token in it discarded."""
         import mlx.core as mx
 
         batch = self.batch
@@ -429,32 +455,23 @@ class Batcher:
         failed: dict[int, BaseException] = {}
         try:
             with mx.stream(generation_stream()):
-                logits = self._forward(batch)
-                if any(row.processors for row in rows):
-                    parts = []
-                    for i, row in enumerate(rows):
-                        part = logits[i:i + 1]
-                        if row.processors:
-                            row.context.append(row.generated[-1])  # this step's input
-                            try:
-                                part = self._process(row, part)
-                            except Exception as exc:  # that row's processor: its failure only
-                                failed[i] = exc
-                                part = logits[i:i + 1]
-                        parts.append(part)
-                    logits = mx.concatenate(parts, axis=0)
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                tokens = sample(logprobs, [r.temperature for r in rows], [r.top_k for r in rows],
-                                [r.top_p for r in rows], [r.min_p for r in rows],
-                                [r.seed for r in rows], [len(r.generated) for r in rows])
+                if batch.pending is not None:  # launched by the previous step, for these rows
+                    tokens, logprobs = batch.pending
+                    batch.pending = None
+                else:
+                    tokens, logprobs = self._sample(batch, rows, failed)
+                    mx.async_eval(tokens, logprobs)  # type: ignore[no-untyped-call]
+                batch.tokens = tokens
+                batch.steps += 1
+                if batch.steps % CACHE_EVAL_INTERVAL == 0 and batch.cache is not None:
+                    mx.eval([c.state for c in batch.cache])
+                    mx.clear_cache()
+                if pipeline and not failed and self._steady(rows):
+                    batch.pending = self._sample(batch, rows, failed, ahead=1)
+                    mx.async_eval(*batch.pending)  # type: ignore[no-untyped-call]
                 values: list[int] = tokens.tolist()  # the step's one host transfer
         except Exception as exc:
             self._collapse(exc)
-        batch.tokens = tokens
-        batch.steps += 1
-        if batch.steps % CACHE_EVAL_INTERVAL == 0 and batch.cache is not None:
-            mx.eval([c.state for c in batch.cache])
-            mx.clear_cache()
         leaving: list[int] = []
         for i, row in enumerate(rows):
             if i in failed:
@@ -472,6 +489,43 @@ class Batcher:
         for i, fault in failed.items():
             self._fail(rows[i], fault, progress)
         return len(rows) - len(failed)
+
+    @staticmethod
+    def _steady(rows: Sequence[Row]) -> bool:
+        """Whether the next step may be launched before this one's tokens are read: no row has
+        processors, and some row goes on past this step (max_tokens)."""
+        if any(row.processors for row in rows):
+            return False
+        return any(row.max_tokens is None or len(row.generated) + 1 < row.max_tokens
+                   for row in rows)
+
+    def _sample(self, batch: Batch, rows: Sequence[Row], failed: dict[int, BaseException],
+                ahead: int = 0) -> tuple[Any, Any]:
+        """The forward on `batch.tokens` (the cache takes their position), each row's processors
+        on its slice (a processor's failure goes to `failed`, its row sampled unprocessed), and
+        the sampled tokens with their log-probabilities. `ahead`: tokens sampled but not yet
+        emitted (1 when launching the step after the one not yet read), for the rows' keys."""
+        import mlx.core as mx
+
+        logits = self._forward(batch)
+        if any(row.processors for row in rows):
+            parts = []
+            for i, row in enumerate(rows):
+                part = logits[i:i + 1]
+                if row.processors:
+                    row.context.append(row.generated[-1])  # this step's input
+                    try:
+                        part = self._process(row, part)
+                    except Exception as exc:  # that row's processor: its failure only
+                        failed[i] = exc
+                        part = logits[i:i + 1]
+                parts.append(part)
+            logits = mx.concatenate(parts, axis=0)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        tokens = sample(logprobs, [r.temperature for r in rows], [r.top_k for r in rows],
+                        [r.top_p for r in rows], [r.min_p for r in rows],
+                        [r.seed for r in rows], [len(r.generated) + ahead for r in rows])
+        return tokens, logprobs
 
     def _forward(self, batch: Batch) -> Any:
         kwargs = {"rope_deltas": batch.deltas} if self.mrope and batch.deltas is not None else {}
