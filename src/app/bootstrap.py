@@ -29,6 +29,10 @@ from ..domain.worker import GenerationWorker, QueuePolicy
 from .config import Settings
 
 log = logging.getLogger(__name__)
+# rows decoding together unless configured, as measured (`python -m bench.concurrency`,
+# bench/RESULTS.md): aggregate decode still grows from 4 to 8 rows on the CPU (SmolLM2: 3.1x to
+# 4.6x one stream) and on an H200; per-stream speed and time to first token pay for it
+DEFAULT_MAX_BATCH = 8
 
 
 def spec_text() -> str:
@@ -46,7 +50,7 @@ def build_engine(settings: Settings) -> InferenceEngine:
 
     warm: tuple[int, ...] = ()  # a load warms up the batch sizes the scheduler will use, on a GPU
     if mx.default_device().type == mx.gpu:
-        largest = settings.max_batch or default_max_batch(settings)
+        largest = settings.max_batch or DEFAULT_MAX_BATCH
         warm = (*(size for size in (1, 2, 4, 8, 16, 32, 64, 128) if size < largest), largest)
     return MlxEngine(cpu_weights=settings.cpu_weights, prefix_cache=settings.prefix_cache,
                      prefix_cache_mb=settings.prefix_cache_mb,
@@ -74,15 +78,9 @@ def build_images(settings: Settings) -> ImageLoader:
 def build_worker(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> GenerationWorker:
     return generation_worker(
         engine, metrics, QueuePolicy(settings.max_queue, settings.queue_timeout, settings.swap_batch,
-                                     max_batch=settings.max_batch or default_max_batch(settings)))
+                                     max_batch=settings.max_batch or DEFAULT_MAX_BATCH))
 
 
-def default_max_batch(settings: Settings) -> int:
-    """Rows decoding together unless configured, as measured (`python -m bench.concurrency`,
-    bench/RESULTS.md): aggregate decode still grows from 4 to 8 rows on this CPU (SmolLM2: 3.1x
-    to 4.6x one stream) and on an H200; per-stream speed and time to first token are what larger
-    batches trade for it."""
-    return 8
 
 
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
