@@ -220,7 +220,8 @@ class ChatService:
         markers = profile_named(model.family).thinking if request.prompt is None else None
         if markers is None and request.thinking:
             raise _no_switch(model, request, "its family writes no reasoning block")
-        source = PromptInput(plan.messages, plan.template_tools, admitted.images, plan.prefix,
+        lead = plan.lead  # the assistant turn's forced start: a tool opener, or the text continued
+        source = PromptInput(plan.messages, plan.template_tools, admitted.images, lead,
                              raw=request.prompt,
                              thinking=None if markers is None else request.thinking is not False)
         prompt = self.engine.prepare(source)
@@ -229,9 +230,9 @@ class ChatService:
             start = Start.CLOSED  # a template without a thinking mode (Qwen3-VL Instruct)
         if markers is not None:
             _check_switch(model, request, start, prompt.thinking_switch)
-            if start is Start.OPEN and plan.prefix:  # a forced start is answer: close the block
+            if start is Start.OPEN and lead:  # a forced start is answer: close the block
                 prompt = self.engine.prepare(attrs.evolve(
-                    source, assistant_prefix=f"{markers[1]}\n\n{plan.prefix}"))
+                    source, assistant_prefix=f"{markers[1]}\n\n{lead}"))
                 start = Start.CLOSED
         return _Prepared(model, plan, prompt, markers, start)
 
@@ -284,10 +285,10 @@ class ChatService:
         params = attrs.evolve(request.sampling, max_tokens=self._completion_budget(
             prompt, request.sampling, model, "messages" if request.prompt is None else "prompt"),
             tool_grammar=plan.grammar)
-        run = _Run(plan, self.ids.tool_call_id, params.stop)
+        run = _Run(plan, self.ids.tool_call_id, params.stop, keep_stops=params.include_stop)
         if prepared.start is not Start.CLOSED or prompt.thinking_switch:  # a thinking template
             run.reasoning_tokens = 0
-        if prepared.markers and prepared.start is not Start.CLOSED and not plan.prefix:
+        if prepared.markers and prepared.start is not Start.CLOSED and not plan.lead:
             run.splitting = ReasoningSplitter(prepared.markers, prepared.start)
         run.echo = request.prompt if request.echo and request.prompt is not None else ""
         started = self.clock.now()
@@ -355,10 +356,12 @@ class _Run:
     """One generation's text pipeline: stop sequences, then tool-call parsing; token log
     probabilities ride on the next content delta."""
 
-    def __init__(self, plan: ToolPlan, new_id: Callable[[], str], stops: tuple[str, ...]) -> None:
+    def __init__(self, plan: ToolPlan, new_id: Callable[[], str], stops: tuple[str, ...], *,
+                 keep_stops: bool = False) -> None:
         self.plan = plan
         self.user_stops = frozenset(stops)  # the request's own: the ones a client may be told of
-        self.matcher = StopMatcher((*stops, *plan.stops))
+        # the request's stops end the text when it asks to keep them; internal ones never do
+        self.matcher = StopMatcher((*stops, *plan.stops), kept=stops if keep_stops else ())
         self.parser: ToolCallStreamer = (plan.format.streamer(plan.tools, new_id) if plan.format
                                          else PlainText())
         self.calls = 0

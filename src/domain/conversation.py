@@ -117,6 +117,8 @@ class SamplingParams:
     top_logprobs: int = 0
     response_format: ResponseFormat | None = None
     tool_grammar: ToolGrammar | None = None  # set by the use case from its tool plan, never by a client
+    ignore_eos: bool = False  # generate past the model's end-of-sequence tokens (up to max_tokens)
+    include_stop: bool = False  # a matched stop sequence stays at the end of the text
 
 
 @attrs.frozen
@@ -139,3 +141,7 @@ class ChatRequest:
     # request field that asked (named by a refusal)
     thinking: bool | None = None
     thinking_param: str = "reasoning_effort"
+    # the final message is an assistant turn the reply continues (a prefill), not an earlier turn;
+    # `continue_param` names the request field that asked (None: the API's own rule, Anthropic's)
+    continue_final: bool = False
+    continue_param: str | None = "continue_final_message"

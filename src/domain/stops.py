@@ -9,11 +9,13 @@ class StopMatcher:
     """Feed generated text piece by piece; get back what is safe to emit now.
 
     Text that could still grow into a stop sequence is held back until it either completes one
-    (generation stops, the stop text is never returned) or can no longer match (it is released).
+    (generation stops, the stop text is not returned unless it is one of `kept`) or can no longer
+    match (it is released).
     """
 
-    def __init__(self, stops: Iterable[str]) -> None:
+    def __init__(self, stops: Iterable[str], kept: Iterable[str] = ()) -> None:
         self._stops = tuple(stop for stop in stops if stop)
+        self._kept = frozenset(kept)  # stops returned at the end of the text (no_stop_trim)
         self._held = ""
         self.matched: str | None = None  # the stop sequence that ended generation, if one did
 
@@ -27,7 +29,8 @@ class StopMatcher:
         if hits:
             index, _, self.matched = min(hits)  # the earliest; at one place, the longest
             self._held = ""
-            return buffer[:index], True
+            end = index + len(self.matched) if self.matched in self._kept else index
+            return buffer[:end], True
         keep = self._longest_pending_prefix(buffer)
         self._held = buffer[len(buffer) - keep :]
         return buffer[: len(buffer) - keep], False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from .conversation import ChatRequest, Message, ToolChoiceMode, ToolGrammar, ToolSpec
+from .conversation import ChatRequest, Message, Role, ToolChoiceMode, ToolGrammar, ToolSpec
 from .errors import InvalidRequest
 from .families import profile_named, tool_families
 from .models import ModelRef
@@ -22,6 +22,12 @@ class ToolPlan:
     stops: tuple[str, ...] = ()  # internal stop sequences, never returned
     single_call: bool = False  # parallel_tool_calls: false
     grammar: ToolGrammar | None = None  # calls constrained while written (None: checked after)
+    continued: str = ""  # the final assistant message's text, which the reply continues
+
+    @property
+    def lead(self) -> str:
+        """What the assistant turn is made to start with (at most one of the two is set)."""
+        return self.prefix or self.continued
 
 
 def plan_tools(request: ChatRequest, model: ModelRef) -> ToolPlan:
@@ -32,15 +38,47 @@ def plan_tools(request: ChatRequest, model: ModelRef) -> ToolPlan:
     if offered and fmt is None:
         raise _no_tool_format(model)
     tools = request.tools if fmt else ()
-    messages, template_tools = profile.prompt(request.messages, tools)
+    conversation, continued = continuation(request)
+    messages, template_tools = profile.prompt(conversation, tools)
     grammar = _grammar(request, fmt) if fmt else None
     prefix = fmt.forced_prefix(request.tool_choice) if fmt else ""
     if grammar is not None and grammar.active_from_start:  # the grammar writes the call itself
         prefix = grammar.trigger + grammar.lead
+    if request.continue_final and prefix:
+        raise _cannot_continue(request, "tool_choice forces the reply to start with a tool call")
     return ToolPlan(format=fmt, tools=tools, messages=messages, template_tools=template_tools,
                     prefix=prefix, stops=profile.extra_stops if fmt else (),
                     single_call=fmt is not None and not request.parallel_tool_calls,
-                    grammar=grammar)
+                    grammar=grammar, continued=continued)
+
+
+def continuation(request: ChatRequest) -> tuple[tuple[Message, ...], str]:
+    """The conversation the template renders, and the text the reply continues: with
+    `continue_final`, the final message is an assistant turn of text, rendered as the start of
+    the reply (HF's `continue_final_message`, Anthropic's prefill); the reply holds only what
+    the model adds. Where the rule is the API's own (`continue_param` None: Anthropic), a final
+    message that is not such a turn stays an earlier turn."""
+    messages = request.messages
+    if not request.continue_final:
+        return messages, ""
+    final = messages[-1] if messages else None
+    if final is None or final.role is not Role.ASSISTANT or final.tool_calls or final.images:
+        if request.continue_param is None:
+            return messages, ""
+        what = "a message with tool calls" if final is not None and final.tool_calls else (
+            f"a {final.role.value} message" if final is not None else "absent")
+        raise InvalidRequest(
+            f"'{request.continue_param}' continues the final message, which must be an assistant "
+            f"message of text; it is {what}.", param=request.continue_param, code="invalid_value")
+    if request.sampling.response_format is not None:
+        raise _cannot_continue(request, "response_format constrains the reply from its first token")
+    return messages[:-1], final.text
+
+
+def _cannot_continue(request: ChatRequest, why: str) -> InvalidRequest:
+    param = request.continue_param or f"messages[{len(request.messages) - 1}]"
+    return InvalidRequest(f"The final assistant message cannot be continued here: {why}. Send one "
+                          "or the other.", param=param, code="invalid_value")
 
 
 def _grammar(request: ChatRequest, fmt: ToolCallFormat) -> ToolGrammar | None:

@@ -44,8 +44,12 @@ ACCEPTED: dict[str, Any] = {  # a meaningful value for every honoured or metadat
     "parallel_tool_calls": False, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1,
     "user": "u-1", "metadata": {"k": "v"}, "store": False, "prompt_cache_key": "conv-1",
     "safety_identifier": "s-1", "reasoning_effort": "none",
-    "chat_template_kwargs": {"enable_thinking": False}}
+    "chat_template_kwargs": {"enable_thinking": False},
+    # SGLang's, which sglang-router adds (README "Fleet")
+    "ignore_eos": True, "no_stop_trim": True, "continue_final_message": True}
 REFUSED: dict[str, Any] = {
+    "skip_special_tokens": False, "separate_reasoning": False, "stream_reasoning": False,
+    "return_hidden_states": True,
     "service_tier": "flex", "modalities": ["text", "audio"], "audio": {"voice": "alloy"},
     "prediction": {"type": "content", "content": "x"},
     "verbosity": "low", "web_search_options": {}, "functions": [{"name": "f"}],
@@ -73,6 +77,10 @@ def test_honoured_and_metadata_fields_are_accepted(client: falcon.testing.TestCl
         body["stream"] = True
     if name == "tool_choice":
         body["tools"] = ACCEPTED["tools"]
+    if name == "ignore_eos":
+        body["max_tokens"] = 8
+    if name == "continue_final_message":
+        body["messages"] = [*BASE["messages"], {"role": "assistant", "content": "Well,"}]
     result = client.simulate_post("/v1/chat/completions", json=body)
     assert result.status_code == 200, result.text
     if FATES[name] == "metadata":
@@ -98,8 +106,9 @@ COMPLETION_ACCEPTED: dict[str, Any] = {
     "stream": False, "stream_options": {"include_usage": True}, "temperature": 0.5, "top_p": 0.9,
     "seed": 3, "presence_penalty": 0.5, "frequency_penalty": 0.5, "logit_bias": {"42": 5},
     "logprobs": 2, "echo": True, "n": 1, "best_of": 1, "top_k": 5, "min_p": 0.1,
-    "repetition_penalty": 1.1, "user": "u-1"}
-COMPLETION_REFUSED: dict[str, Any] = {"suffix": "}\n"}
+    "repetition_penalty": 1.1, "user": "u-1", "ignore_eos": True, "no_stop_trim": True}
+COMPLETION_REFUSED: dict[str, Any] = {"suffix": "}\n", "skip_special_tokens": False,
+                                      "return_hidden_states": True}
 
 
 def test_every_completions_property_has_a_fate_in_the_readme() -> None:
@@ -213,8 +222,9 @@ RESPONSE_ACCEPTED: dict[str, Any] = {
     "max_tool_calls": 3, "include": ["reasoning.encrypted_content"], "service_tier": "auto",
     # a model without reasoning may be told not to reason (effort on is refused for it: see
     # tests/integration/test_responses_thinking.py)
-    "reasoning": {"effort": "none", "summary": "auto"}}
-RESPONSE_REFUSED: dict[str, Any] = {
+    "reasoning": {"effort": "none", "summary": "auto"},
+    "top_k": -1, "min_p": 0.1, "repetition_penalty": 1.1}  # sglang-router sends these
+RESPONSE_REFUSED: dict[str, Any] = {"priority": 1,
     "background": True, "truncation": "auto",
     "top_logprobs": 2, "stream_options": {"include_obfuscation": True},
     "conversation": "conv_1", "prompt": {"id": "pmpt_1"}, "context_management": [{"type": "x"}],

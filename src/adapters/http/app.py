@@ -27,11 +27,15 @@ from .resources import (
     ChatCompletionsResource,
     HealthResource,
     ModelsResource,
+    ServerInfoResource,
     SpecResource,
 )
 from .responses import ResponsesResource, StoredResponseResource
 from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
+
+
+ROUTER_PROBES = ("/server_info", "/get_server_info", "/model_info", "/get_model_info")
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +107,9 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
         body_timeout=options.body_timeout))
     app.add_route("/v1/responses/{response_id}", StoredResponseResource(responses))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
+    info = ServerInfoResource(service)
+    for path in ROUTER_PROBES:  # sglang-router's, before it routes here (README "Fleet")
+        app.add_route(path, info)
     if metrics is not None:
         app.add_route("/metrics", MetricsResource(metrics))
     errors.install(app)

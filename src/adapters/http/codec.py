@@ -41,13 +41,14 @@ from .dto import (
     UsageDTO,
     make_converter,
 )
-from .validation import RequestValidator
+from .validation import CHAT_UNSUPPORTED_PARAMETERS, RequestValidator
 
 
 class ChatCodec:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.converter = make_converter()
-        self._validator = RequestValidator(spec, "CreateChatCompletionRequest")
+        self._validator = RequestValidator(spec, "CreateChatCompletionRequest",
+                                           unsupported=CHAT_UNSUPPORTED_PARAMETERS)
 
     def chat_request(self, body: object) -> ChatRequest:
         if isinstance(body, dict):
@@ -130,8 +131,15 @@ def _to_request(dto: ChatCompletionRequestDTO) -> ChatRequest:
         parallel_tool_calls=dto.parallel_tool_calls is not False,
         stream=bool(dto.stream),
         include_usage=bool(dto.stream_options and dto.stream_options.include_usage),
+        continue_final=bool(dto.continue_final_message),
         **_thinking(dto),
     )
+
+
+def top_k_limit(value: int | None) -> int | None:
+    """`top_k` as the sampler takes it: 0 and -1 (SGLang's and vLLM's "no limit", which
+    sglang-router sends on /v1/responses) are no limit."""
+    return None if value is None or value <= 0 else value
 
 
 # the one chat template kwarg a client may set: the others would reach the template unchecked
@@ -169,8 +177,9 @@ def _thinking(dto: ChatCompletionRequestDTO) -> dict[str, Any]:
 def _to_sampling(dto: ChatCompletionRequestDTO, max_tokens: int | None,
                  stop: tuple[str, ...]) -> SamplingParams:
     return SamplingParams(
-        temperature=dto.temperature, top_p=dto.top_p, top_k=dto.top_k or None, min_p=dto.min_p,
+        temperature=dto.temperature, top_p=dto.top_p, top_k=top_k_limit(dto.top_k), min_p=dto.min_p,
         seed=dto.seed, max_tokens=max_tokens, stop=stop, repetition_penalty=dto.repetition_penalty,
+        ignore_eos=bool(dto.ignore_eos), include_stop=bool(dto.no_stop_trim),
         presence_penalty=dto.presence_penalty or None, frequency_penalty=dto.frequency_penalty or None,
         logit_bias={int(token): bias for token, bias in (dto.logit_bias or {}).items()},
         logprobs=bool(dto.logprobs), top_logprobs=dto.top_logprobs or 0,

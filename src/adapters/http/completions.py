@@ -22,7 +22,7 @@ from ...domain.completion import Completion, StreamEnd, StreamEvent, StreamStart
 from ...domain.conversation import ChatRequest, SamplingParams
 from ...domain.errors import InvalidRequest
 from . import sse
-from .codec import usage_dto
+from .codec import top_k_limit, usage_dto
 from .dto import StreamOptionsDTO, make_converter
 from .json_body import read_json
 from .resources import answer
@@ -55,6 +55,8 @@ class CompletionRequestDTO:
     best_of: int | None = None
     suffix: str | None = None
     user: str | None = None
+    ignore_eos: bool | None = None  # SGLang's; sglang-router sends them
+    no_stop_trim: bool | None = None
 
 
 class CompletionCodec:
@@ -129,9 +131,10 @@ def _to_request(dto: CompletionRequestDTO) -> ChatRequest:
     prompt = dto.prompt if isinstance(dto.prompt, str) else dto.prompt[0]
     stop = (dto.stop,) if isinstance(dto.stop, str) else tuple(dto.stop or ())
     sampling = SamplingParams(
-        temperature=dto.temperature, top_p=dto.top_p, top_k=dto.top_k or None, min_p=dto.min_p,
+        temperature=dto.temperature, top_p=dto.top_p, top_k=top_k_limit(dto.top_k), min_p=dto.min_p,
         seed=dto.seed, max_tokens=dto.max_tokens if dto.max_tokens is not None else DEFAULT_MAX_TOKENS,
         stop=stop, repetition_penalty=dto.repetition_penalty,
+        ignore_eos=bool(dto.ignore_eos), include_stop=bool(dto.no_stop_trim),
         presence_penalty=dto.presence_penalty or None,
         frequency_penalty=dto.frequency_penalty or None,
         logit_bias={int(token): bias for token, bias in (dto.logit_bias or {}).items()},

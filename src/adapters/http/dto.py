@@ -116,6 +116,9 @@ class ChatCompletionRequestDTO:
     store: bool | None = None
     reasoning_effort: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    ignore_eos: bool | None = None  # SGLang's and vLLM's; sglang-router sends them all
+    no_stop_trim: bool | None = None
+    continue_final_message: bool | None = None
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ def to_request(body: Mapping[str, Any]) -> ChatRequest:
         stream=bool(body.get("stream")),
         thinking=_thinking(body.get("thinking"), body.get("max_tokens")),
         thinking_param="thinking",
+        # Anthropic's prefill: a final assistant message of text is where the reply goes on
+        continue_final=bool(messages) and messages[-1].role is Role.ASSISTANT, continue_param=None,
     )
 
 

@@ -55,6 +55,24 @@ class HealthResource:
                       "backend": dict(self._backend())}
 
 
+class ServerInfoResource:
+    """What a router asks a worker before it routes to it: sglang-router probes `/server_info`,
+    `/get_server_info`, `/model_info` and `/get_model_info` (SGLang's own endpoints) and takes
+    `served_model_name` as the model it lists. No `model_path` or `tokenizer_path`: given one,
+    the router would fetch a tokenizer it does not need to route plain HTTP."""
+
+    def __init__(self, service: ChatService) -> None:
+        self._service = service
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        status = self._service.status()
+        info: dict[str, Any] = {"is_generation": True, "dp_size": 1, "max_batch": status.max_batch,
+                                "server": "mlx-server"}
+        if status.model is not None:
+            info["served_model_name"] = status.model
+        resp.media = info
+
+
 class ModelsResource:
     def __init__(self, service: ChatService, codec: ChatCodec) -> None:
         self._service, self._codec = service, codec

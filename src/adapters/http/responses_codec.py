@@ -47,6 +47,7 @@ from ...domain.conversation import (
 )
 from ...domain.errors import InvalidRequest, ResponseNotFound
 from ...domain.ports import ResponseStore
+from .codec import top_k_limit
 from .validation import RequestValidator
 
 # Responses request fields this server does not implement: accepted only at their no-op value
@@ -62,6 +63,7 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "moderation": (),
     "prompt_cache_retention": (),
     "stream_options": ({}, {"include_obfuscation": False}),
+    "priority": (0,),  # SGLang's request priority (sglang-router sends 0): no priorities here
 }
 SERVED_TOOL_TYPES = ("function", "namespace")
 THINKING_OFF_EFFORT = "none"  # every other reasoning effort turns a thinking model's reasoning on
@@ -193,6 +195,8 @@ def to_request(body: Mapping[str, Any], items: Sequence[Any],
         messages=to_messages(body.get("instructions"), items),
         sampling=SamplingParams(
             temperature=body.get("temperature"), top_p=body.get("top_p"),
+            top_k=top_k_limit(_integer(body.get("top_k"))), min_p=body.get("min_p"),
+            repetition_penalty=body.get("repetition_penalty"),
             max_tokens=_integer(body.get("max_output_tokens")),
             response_format=_response_format(body.get("text"))),
         tools=tools,

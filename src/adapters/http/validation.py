@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +26,22 @@ UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
     "moderation": (),
 }
 
+# SGLang's request fields that sglang-router adds to every chat and completions request it
+# forwards (README "Fleet"): accepted at the value that is what this server does anyway (the
+# reply's text holds no end-of-turn token and its tool and reasoning markers are parsed out;
+# reasoning is returned apart, as it comes; no hidden states), else 400 naming them.
+# `ignore_eos`, `no_stop_trim` and `continue_final_message` are honoured (codec.py).
+ROUTER_NO_OPS: Mapping[str, tuple[Any, ...]] = {
+    "skip_special_tokens": (True,),
+    "separate_reasoning": (True,),
+    "stream_reasoning": (True,),
+    "return_hidden_states": (False,),
+}
+CHAT_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {**UNSUPPORTED_PARAMETERS, **ROUTER_NO_OPS}
+
 # The same for the legacy completions API (createCompletion): no fill-in-the-middle.
-COMPLETION_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {"suffix": ("",)}
+COMPLETION_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
+    "suffix": ("",), "skip_special_tokens": (True,), "return_hidden_states": (False,)}
 
 # Fields only meaningful when another is true: field -> (that field, True). openapi.yaml
 # declares the same as dependentSchemas; checked first so that the message names the field sent.
@@ -65,8 +80,10 @@ def _refuse_unsupported(body: Mapping[str, Any],
     for name, no_ops in unsupported.items():
         value = body.get(name)
         if value is not None and value not in no_ops:
+            accepted = (" (it is accepted only as " + " or ".join(json.dumps(v) for v in no_ops)
+                        + ")") if no_ops else ""
             raise InvalidRequest(
-                f"Unsupported parameter: '{name}' is not supported by this server.",
+                f"Unsupported parameter: '{name}' is not supported by this server{accepted}.",
                 param=name, code="unsupported_parameter")
 
 

@@ -194,6 +194,7 @@ class Row:
     top_logprobs: int
     eos: frozenset[int]
     detok: Any
+    ignore_eos: bool = False  # an EOS token does not end the row (and adds no text)
     cache: list[Any] | None = None  # own cache: prefilling, or taken out of the batch
     ids: Any = None  # prompt ids still to prefill (1, n)
     embeds: Any = None  # their embeddings (1, n, d)
@@ -308,7 +309,7 @@ class Batcher:
             seed=int(params.seed) if params.seed is not None else secrets.randbits(32),
             max_tokens=params.max_tokens, logprobs=params.logprobs,
             top_logprobs=params.top_logprobs if params.logprobs else 0,
-            eos=self.eos, detok=detokenizer(self.processor))
+            eos=self.eos, detok=detokenizer(self.processor), ignore_eos=params.ignore_eos)
         self.rows[row.id] = row
         return row.id
 
@@ -550,12 +551,13 @@ class Batcher:
     def _emit(self, row: Row, token: int, logprobs: Any) -> GenerationStep:
         row.generated.append(token)
         finish = None
-        if token in row.eos:
+        if token in row.eos and not row.ignore_eos:
             finish = FinishReason.STOP
             row.detok.finalize()
             text = row.detok.last_segment
         else:
-            row.detok.add_token(token)
+            if token not in row.eos:  # an ignored EOS is a token generated, not text
+                row.detok.add_token(token)
             text = row.detok.last_segment
             if row.max_tokens is not None and len(row.generated) >= row.max_tokens:
                 finish = FinishReason.LENGTH
