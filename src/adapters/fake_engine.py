@@ -130,8 +130,8 @@ class FakeEngine:
         payload = prompt.payload if isinstance(prompt.payload, _Prompt) else _Prompt(str(prompt.payload))
         tokens = self.reply_tokens(payload, params)
         limit = params.max_tokens if params.max_tokens is not None else len(tokens)
-        if params.ignore_eos and limit > len(tokens):  # past its end: the reply again, to the limit
-            tokens = (tokens * (limit // len(tokens) + 1))[:limit]
+        if params.ignore_eos:  # past its end: the reply again, up to the limit, which ends it
+            tokens = (tokens * (limit // len(tokens) + 2))[:limit + 1]
         self._next_row += 1
         self._rows[self._next_row] = _Row(
             tokens[:max(limit, 1)], finish=FinishReason.STOP if limit >= len(tokens)

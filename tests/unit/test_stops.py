@@ -52,3 +52,24 @@ def test_the_matcher_names_the_stop_that_matched() -> None:
     assert matcher.matched == "STOP"
     earlier = StopMatcher(["two", "one"])
     assert earlier.feed("zero one two") == ("zero ", True) and earlier.matched == "one"
+
+
+@given(st.lists(texts, max_size=8), stops)
+def test_a_kept_stop_ends_the_text_it_ended(pieces: list[str], stop: list[str]) -> None:
+    """no_stop_trim: the same text as a trimmed run, plus the stop sequence that matched."""
+    trimmed, stopped = run(pieces, stop)
+    matcher, out = StopMatcher(stop, kept=stop), ""
+    for piece in pieces:
+        text, done = matcher.feed(piece)
+        out += text
+        if done:
+            break
+    else:
+        out += matcher.flush()
+    assert out == trimmed + (matcher.matched or "" if stopped else "")
+
+
+def test_only_the_kept_stops_are_returned() -> None:
+    matcher = StopMatcher(["END", "<tool>"], kept=["END"])
+    assert matcher.feed("a<tool>") == ("a", True)
+    assert StopMatcher(["END", "<tool>"], kept=["END"]).feed("bEND!") == ("bEND", True)

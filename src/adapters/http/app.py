@@ -34,7 +34,6 @@ from .responses import ResponsesResource, StoredResponseResource
 from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
 
-
 ROUTER_PROBES = ("/server_info", "/get_server_info", "/model_info", "/get_model_info")
 
 
