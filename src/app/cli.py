@@ -24,10 +24,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["pull"], ["models"]):
         raise SystemExit(_store_command(args))
+    if args[:1] == ["fleet"]:
+        from .fleet import main as fleet
+
+        raise SystemExit(fleet(args[1:]))
     parser = argparse.ArgumentParser(
         prog="mlx-server", description="OpenAI-compatible server for MLX models",
         epilog="other commands: 'mlx-server pull MODEL' downloads a model ahead of time; "
-               "'mlx-server models' lists the models available locally")
+               "'mlx-server models' lists the models available locally; "
+               "'mlx-server fleet' runs several servers behind a cache-aware router")
     add_serve_arguments(parser, os.environ)
     try:
         settings = settings_from_args(parser.parse_args(args))
