@@ -25,8 +25,9 @@ import pytest
 from mlx_server.app.fleet import router_installed
 
 CONVERSATIONS, SERVERS = 12, 3
-WORDS = ("apple river stone cloud mango violet tiger piano laser cactus harbor quartz lemon falcon "
-         "maple orbit candle meadow glacier copper").split()
+WORDS = ["apple", "river", "stone", "cloud", "mango", "violet", "tiger", "piano", "laser", "cactus",
+         "harbor", "quartz", "lemon", "falcon", "maple", "orbit", "candle", "meadow", "glacier",
+         "copper"]
 
 
 def free_base(count: int) -> int:
