@@ -5,10 +5,14 @@
 # machine), builds the gemma-3-4b-shaped 4-bit checkpoint with its visible-word tokenizer into
 # /tmp/g4b (once), then runs bench.concurrency with the arguments given, its JSON and logs in $OUT.
 # Usage: bash .devcarry/code/bench/gpu_run.sh [bench.concurrency arguments, e.g. --sides ours]
+#        bash .devcarry/code/bench/gpu_run.sh startup [bench.startup arguments]
+#        bash .devcarry/code/bench/gpu_run.sh fleet [bench.fleet_gpu arguments]   (2 GPUs; the router's
+#        wheels, .devcarry/p3, copied into /tmp/w by an earlier call: bench/GPU.md "Fleet")
 set -uo pipefail
 ROOT=$(pwd)
 if [ ! -d /tmp/site/mlx ]; then
   mkdir -p /tmp/w && cp .devcarry/p2/* /tmp/w/ && cd /tmp/w || exit 1
+  [ -d "$ROOT/.devcarry/p3" ] && cp "$ROOT"/.devcarry/p3/* /tmp/w/
   cat cuda.part.* >mlx_cuda_13-0.32.4-py3-none-manylinux_2_35_x86_64.whl && rm cuda.part.* || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/w/*.whl || exit 1
   cd "$ROOT" || exit 1
@@ -25,6 +29,11 @@ if [ "${1:-}" = "startup" ]; then  # bench.startup: process start to first token
   shift
   timeout 540 python3 -m bench.startup --model /tmp/g4b "$@" --json "$OUT/startup.json" 2>&1 \
     | grep -v Warning | tee "$OUT/startup.log"
+elif [ "${1:-}" = "fleet" ]; then  # bench.fleet_gpu: one server vs two (one per GPU) behind the router
+  shift
+  nvidia-smi -L | tee "$OUT/gpus.txt"
+  timeout $((590 - SECONDS)) python3 -m bench.fleet_gpu --model /tmp/g4b "$@" --json "$OUT/fleet.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/fleet.log"
 else
   timeout 540 python3 -m bench.concurrency --gpu --model /tmp/g4b "$@" --json "$OUT/conc${tag}.json" 2>&1 \
     | grep -v Warning | tee "$OUT/conc${tag}.log"
