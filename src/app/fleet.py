@@ -49,6 +49,7 @@ class FleetPlan:
     server_args: tuple[str, ...] = ()
     router_args: tuple[str, ...] = ()
     balance_threshold: int = 8  # in-flight requests one server may have beyond another's
+    cuda_devices: tuple[str, ...] = ()  # server i sees device i (mod the count); () leaves it be
 
     @property
     def server_ports(self) -> list[int]:
@@ -62,6 +63,12 @@ class FleetPlan:
         # the servers listen on loopback: clients reach them through the router
         return [sys.executable, "-m", "mlx_server", *self.server_args, "--host", "127.0.0.1",
                 "--port", str(port)]
+
+    def server_env(self, index: int, environ: dict[str, str]) -> dict[str, str]:
+        """The environment of server `index`: its own GPU where devices are given."""
+        if not self.cuda_devices:
+            return environ
+        return {**environ, "CUDA_VISIBLE_DEVICES": self.cuda_devices[index % len(self.cuda_devices)]}
 
     def router_command(self, metrics_port: int) -> list[str]:
         """sglang-router's launcher, with what a fleet of these servers needs: a dead server
@@ -91,6 +98,8 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balance-threshold", type=int, default=8,
                         help="in-flight requests one server may hold beyond another's before "
                              "the router stops keeping conversations on it")
+    parser.add_argument("--cuda-devices", default="", metavar="LIST",
+                        help="NVIDIA GPUs, e.g. 0,1: server i sees only the i-th (one model per GPU)")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="write each server's log and the router's there (default: this "
                              "terminal)")
@@ -122,7 +131,8 @@ def main(argv: Sequence[str]) -> int:
     plan = FleetPlan(servers=options.servers, port=options.port, host=options.host,
                      policy=options.policy, remote=tuple(options.worker_url),
                      server_args=tuple(server_args), router_args=tuple(options.router_arg),
-                     balance_threshold=options.balance_threshold)
+                     balance_threshold=options.balance_threshold,
+                     cuda_devices=tuple(d.strip() for d in options.cuda_devices.split(",") if d.strip()))
     return Fleet(plan, options.log_dir).run()
 
 
@@ -193,17 +203,20 @@ class Fleet:
         return RESTART_BACKOFF[min(count, len(RESTART_BACKOFF) - 1)]
 
     def _start_server(self, port: int) -> None:
-        self.servers[port] = process = self._spawn(self.plan.server_command(port), f"server-{port}")
+        env = self.plan.server_env(self.plan.server_ports.index(port), dict(os.environ))
+        self.servers[port] = process = self._spawn(self.plan.server_command(port), f"server-{port}",
+                                                   env)
         self._started[port] = time.monotonic()
         log.info("server on port %d started (pid %d)", port, process.pid)
 
-    def _spawn(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, command: list[str], name: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         output: IO[bytes] | None = None
         if self.log_dir is not None:
             output = (self.log_dir / f"{name}.log").open("ab")
         try:  # its own process group: a signal to it reaches what it starts, and none of ours
             return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         finally:
             if output is not None:
                 output.close()

@@ -49,3 +49,10 @@ def test_a_server_that_keeps_dying_waits_longer_each_time_up_to_a_cap() -> None:
     assert waits == [*RESTART_BACKOFF, RESTART_BACKOFF[-1], RESTART_BACKOFF[-1]]
     fleet._started[9001] = 0.0  # up for minutes before this exit: no long wait
     assert fleet._backoff(9001, now=1000.0) == RESTART_BACKOFF[0]
+
+
+def test_cuda_devices_give_each_server_its_own_gpu() -> None:
+    plan = FleetPlan(servers=3, port=9000, cuda_devices=("0", "1"))
+    assert [plan.server_env(i, {"A": "b"}).get("CUDA_VISIBLE_DEVICES") for i in range(3)] == [
+        "0", "1", "0"]
+    assert FleetPlan(servers=1, port=9000).server_env(0, {"A": "b"}) == {"A": "b"}
