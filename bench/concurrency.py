@@ -131,10 +131,16 @@ def _stream(server: Server, messages: Messages, max_tokens: int, barrier: thread
 
 def server_round(server: Server, n: int, max_tokens: int) -> list[Stream]:
     """N streams started together (a barrier); their timings, relative to the common start."""
-    barrier = threading.Barrier(n + 1)
-    streams: list[Stream] = [{} for _ in range(n)]
-    threads = [threading.Thread(target=_stream, args=(server, prompt(i), max_tokens, barrier, streams[i]),
-                                daemon=True) for i in range(n)]
+    return spread_round([(server, i) for i in range(n)], max_tokens)
+
+
+def spread_round(targets: list[tuple[Server, int]], max_tokens: int) -> list[Stream]:
+    """Streams started together (a barrier), stream k with prompt i on ``targets[k] = (server, i)``;
+    their timings, relative to the common start."""
+    barrier = threading.Barrier(len(targets) + 1)
+    streams: list[Stream] = [{} for _ in targets]
+    threads = [threading.Thread(target=_stream, args=(server, prompt(i), max_tokens, barrier, streams[k]),
+                                daemon=True) for k, (server, i) in enumerate(targets)]
     for thread in threads:
         thread.start()
     barrier.wait()

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 
 from ._common import CACHE, free_port
-from .concurrency import _f, _stream, figures, median_of, prompt, server_round
+from .concurrency import _f, figures, median_of, server_round, spread_round
 from .harness import LOG_DIR, Proc, Server, _popen, _wait_ready, only
 
 MODES = ("one", "direct", "router", "router-rr")
@@ -200,26 +200,6 @@ def lopsided(splits: list[dict[str, Any]]) -> bool:
         if sum(counts) and max(counts) > 0.6 * sum(counts):
             return True
     return False
-
-
-def spread_round(targets: list[tuple[Server, int]], max_tokens: int) -> list[dict[str, Any]]:
-    """bench.concurrency.server_round over several servers: stream i goes to ``targets[i]``."""
-    barrier = threading.Barrier(len(targets) + 1)
-    streams: list[dict[str, Any]] = [{} for _ in targets]
-    threads = [threading.Thread(target=_stream, args=(server, prompt(i), max_tokens, barrier, streams[k]),
-                                daemon=True) for k, (server, i) in enumerate(targets)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join(timeout=1800)
-    for s in streams:
-        for key in ("first_s", "last_s"):
-            if s.get(key) is not None:
-                s[key] -= start
-        s["times"] = [t - start for t in s.get("times", [])]
-    return streams
 
 
 def measure(mode: str, n: int, servers: dict[str, Server], routers: dict[str, Server],
