@@ -38,33 +38,34 @@ def plan_tools(request: ChatRequest, model: ModelRef) -> ToolPlan:
     if offered and fmt is None:
         raise _no_tool_format(model)
     tools = request.tools if fmt else ()
-    conversation, continued = continuation(request)
+    conversation, continued = continuation(request)  # continued None: nothing is continued
     messages, template_tools = profile.prompt(conversation, tools)
     grammar = _grammar(request, fmt) if fmt else None
     prefix = fmt.forced_prefix(request.tool_choice) if fmt else ""
     if grammar is not None and grammar.active_from_start:  # the grammar writes the call itself
         prefix = grammar.trigger + grammar.lead
-    if request.continue_final and prefix:
+    if continued is not None and prefix:
         raise _cannot_continue(request, "tool_choice forces the reply to start with a tool call")
     return ToolPlan(format=fmt, tools=tools, messages=messages, template_tools=template_tools,
                     prefix=prefix, stops=profile.extra_stops if fmt else (),
                     single_call=fmt is not None and not request.parallel_tool_calls,
-                    grammar=grammar, continued=continued)
+                    grammar=grammar, continued=continued or "")
 
 
-def continuation(request: ChatRequest) -> tuple[tuple[Message, ...], str]:
+def continuation(request: ChatRequest) -> tuple[tuple[Message, ...], str | None]:
     """The conversation the template renders, and the text the reply continues: with
     `continue_final`, the final message is an assistant turn of text, rendered as the start of
     the reply (HF's `continue_final_message`, Anthropic's prefill); the reply holds only what
     the model adds. Where the rule is the API's own (`continue_param` None: Anthropic), a final
-    message that is not such a turn stays an earlier turn."""
+    message that is not such a turn stays an earlier turn. The text is None when nothing is
+    continued."""
     messages = request.messages
     if not request.continue_final:
-        return messages, ""
+        return messages, None
     final = messages[-1] if messages else None
     if final is None or final.role is not Role.ASSISTANT or final.tool_calls or final.images:
         if request.continue_param is None:
-            return messages, ""
+            return messages, None
         what = "a message with tool calls" if final is not None and final.tool_calls else (
             f"a {final.role.value} message" if final is not None else "absent")
         raise InvalidRequest(

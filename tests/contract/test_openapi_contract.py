@@ -129,6 +129,32 @@ def steer_thinking(body: dict[str, Any]) -> None:
         body["thinking"] = {"type": "disabled"}
 
 
+def steer_continuation(body: dict[str, Any]) -> None:
+    """A final assistant message is continued (chat's `continue_final_message: true`; always on
+    Anthropic's API), which needs it to be an assistant turn of text (no schema states an array's
+    last item) and cannot go with a reply forced to start otherwise (a JSON format, a required or
+    named tool call: the server refuses the pair, naming it). Such bodies become the equivalent
+    without the continuation."""
+    messages = body.get("messages")
+    turns = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")] \
+        if isinstance(messages, list) else []  # Anthropic's system messages join the system prompt
+    last = turns[-1] if turns else None
+    assistant = isinstance(last, dict) and last.get("role") == "assistant"
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    forced = bool(body.get("tools")) and kind in ("required", "function", "any", "tool")
+    formats = body.get("response_format"), (body.get("output_config") or {}).get("format") \
+        if isinstance(body.get("output_config"), dict) else None
+    forced = forced or any(isinstance(f, dict) and f.get("type") in ("json_object", "json_schema")
+                           for f in formats)
+    if body.get("continue_final_message") is True and (
+            not assistant or forced or (isinstance(last, dict) and last.get("tool_calls"))):
+        body["continue_final_message"] = False
+    elif "continue_final_message" not in body and assistant and forced \
+            and isinstance(messages, list):  # Anthropic's prefill (harmless on a chat body)
+        messages.append({"role": "user", "content": "Go on."})
+
+
 def steer_body(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
@@ -144,6 +170,7 @@ def steer_body(body: Any) -> Any:
     steer_token_ids(body)
     steer_response_tools(body)
     steer_thinking(body)
+    steer_continuation(body)
     tools, choice = body.get("tools"), body.get("tool_choice")
     if isinstance(choice, dict) and isinstance(tools, list) and tools:
         first = tools[0] if isinstance(tools[0], dict) else {}

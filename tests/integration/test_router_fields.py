@@ -124,3 +124,14 @@ def test_responses_priority_other_than_zero_is_400(client: falcon.testing.TestCl
     assert result.status_code == 400
     assert (result.json["error"]["code"], result.json["error"]["param"]) == (
         "unsupported_parameter", "priority")
+
+
+def test_anthropic_final_tool_use_with_a_required_tool_stays_an_earlier_turn(
+        client: falcon.testing.TestClient) -> None:
+    """Nothing is continued there, so nothing conflicts with the forced call."""
+    result = client.simulate_post("/v1/messages", json={
+        "model": "gemma", "max_tokens": 16, "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any"},
+        "messages": [*HI, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]}]})
+    assert result.status_code == 200, result.text

@@ -34,7 +34,7 @@ def test_the_final_assistant_text_is_continued_and_left_out(text: str) -> None:
 
 def test_without_the_flag_nothing_is_continued() -> None:
     messages = (USER, said(Role.ASSISTANT, "Sure"))
-    assert continuation(ChatRequest("m", messages)) == (messages, "")
+    assert continuation(ChatRequest("m", messages)) == (messages, None)
 
 
 @pytest.mark.parametrize("final", [USER, Message(Role.ASSISTANT, tool_calls=(ToolCall("c", "f", "{}"),)),
@@ -50,7 +50,7 @@ def test_where_the_rule_is_the_apis_own_it_stays_an_earlier_turn() -> None:
     """Anthropic: a final assistant message of tool_use blocks is no prefill."""
     called = Message(Role.ASSISTANT, tool_calls=(ToolCall("c", "f", "{}"),))
     request = ChatRequest("m", (USER, called), continue_final=True, continue_param=None)
-    assert continuation(request) == ((USER, called), "")
+    assert continuation(request) == ((USER, called), None)
 
 
 def test_a_constrained_reply_cannot_continue() -> None:
