@@ -8,6 +8,7 @@ valid JSON.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,29 @@ def test_bench_concurrency_raw_side_batches(tmp_path: Path, smollm_dir: Path) ->
     raw = json.loads(out.read_text())["results"]["raw"]
     assert raw["2"]["generated"] == [4, 4] and raw["2"]["failed"] == 0
     assert raw["2"]["aggregate_tps"] > 0 and raw["2"]["batched_decode_tps"] > 0
+
+
+@pytest.mark.slow
+def test_bench_fleet_smoke_behind_sglang_router(tmp_path: Path) -> None:
+    # bench.fleet --smoke: fake-engine servers behind sglang-router (cache_aware, round_robin), the
+    # overhead and capture sections; only where sglang-router's `smg` is installed (not a dependency)
+    smg = Path(sys.executable).parent / "smg"
+    if not smg.exists() and shutil.which("smg") is None:
+        pytest.skip("sglang-router (smg) is not installed")
+    out = tmp_path / "fleet.json"
+    done = subprocess.run([sys.executable, "-m", "bench.fleet", "--smoke", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "| policy | client sends | turn 1 | turn 2 |" in done.stdout
+    assert "| router | total p50 ms |" in done.stdout
+    payload = json.loads(out.read_text())
+    runs = {run["policy"]: run for run in payload["hit"]}
+    for policy in ("sglang:cache_aware", "sglang:round_robin"):
+        records = runs[policy]["records"]
+        assert len(records) == 6 and all(r["status"] == 200 for r in records)
+        assert all(r["server"] in (0, 1) for r in records)  # every request found in a server's log
+    assert runs["sglang:round_robin"]["sticky"] == "0/3"  # 3 conversations: round robin alternates
+    row = payload["overhead"]["routers"]["sglang:cache_aware"]
+    assert row["total"]["n"] == 5 and row["total"]["failed"] == 0
+    chat = payload["capture"]["sglang:cache_aware"]["probes"]["chat"]
+    assert chat["status"] == 200 and chat["worker_path"] == "/v1/chat/completions"
