@@ -505,6 +505,7 @@ def test_smollm_answers_in_the_page_and_the_prefix_cache_shows(
         cached = int(stats.locator(".cached-tokens b").inner_text())
         assert 0 < cached < prompt and cached >= prompt // 2, (cached, prompt)  # the first turn
         chat.page.focus("#input")
+        chat.page.mouse.move(600, 520)  # off the buttons: no hover outline in the picture
         shot = chat.page.screenshot(path=os.environ.get("MLX_SERVER_SCREENSHOT")
                                     or str(tmp_path / "chat-page.png"))
         assert shot[:8] == b"\x89PNG\r\n\x1a\n"
