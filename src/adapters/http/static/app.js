@@ -523,7 +523,7 @@ function messageBody(node, message, results, pending) {
     if (message.content) node.appendChild(el('div', 'text', message.content));
     if (message.images && message.images.length) {
       const row = node.appendChild(el('div', 'thumbs'));
-      for (const url of message.images) {
+      for (const url of message.images.filter((u) => /^data:image\//.test(u))) {
         const img = row.appendChild(el('img', 'thumb'));
         img.alt = 'attached image';
         img.src = url;
@@ -665,7 +665,7 @@ function start() {
   $('stop').addEventListener('click', stop);
   $('new-chat').addEventListener('click', () => {
     if (state.controller) return;
-    state.current = null;
+    if (conversation().messages.length) state.current = null;  // an empty chat is reused
     conversation();
     document.body.classList.remove('sidebar-open');
     save();
