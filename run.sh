@@ -22,8 +22,37 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The browser tests (tests/e2e/test_browser.py) drive the system's Chromium: installed here when
+# missing and apt-get can (root, or password-less sudo); otherwise they fail saying what to install.
+ensure_chromium() {
+  local name sudo=() log
+  [ -n "${MLX_SERVER_CHROMIUM:-}" ] && return
+  for name in chromium chromium-browser google-chrome google-chrome-stable; do
+    command -v "$name" >/dev/null 2>&1 && return
+  done
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=(sudo -n); else sudo=(none); fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "${sudo[*]:-}" = none ]; then
+    echo "run.sh: no Chromium, and no apt-get run as root here: tests/e2e/test_browser.py will fail;" \
+         "install Debian's 'chromium' package (or set MLX_SERVER_CHROMIUM to a Chromium binary)." >&2
+    return
+  fi
+  echo "run.sh: installing Chromium for the browser tests (apt-get install chromium)..." >&2
+  log=$(mktemp)
+  if ! { ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+         ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -qq --no-install-recommends chromium; } >"$log" 2>&1; then
+    tail -n 5 "$log" >&2
+    echo "run.sh: 'apt-get install chromium' failed (log: $log): tests/e2e/test_browser.py will fail." >&2
+    return
+  fi
+  rm -f "$log"
+}
+
 if [ "${1:-}" = "test" ]; then
   shift
+  ensure_chromium
   "$VENV/bin/ruff" check .
   "$VENV/bin/python" -m pytest "$@"
   exit

@@ -98,9 +98,10 @@ def test_an_encoded_slash_inside_a_model_id_still_works_behind_the_key() -> None
 
 def test_every_route_but_the_open_ones_needs_the_key() -> None:
     client = client_for(api_key=KEY)
-    for path in ("/health", "/health/", "/openapi.yaml", "/metrics"):
+    for path in ("/health", "/health/", "/openapi.yaml", "/metrics", "/", "/ui/app.js", "/ui/style.css"):
         assert send(client, "GET", path).status_code == 200, path
-    for method, path in [("GET", "/"), ("GET", "/v1"), ("GET", "/v2/models"), ("GET", "/admin"),
+    for method, path in [("GET", "/ui"), ("GET", "/index.html"),
+                         ("GET", "/v1"), ("GET", "/v2/models"), ("GET", "/admin"),
                          ("DELETE", "/v1/models/gemma"), ("POST", "/v1/completions"),
                          ("GET", "/v1/chat/completions"), ("OPTIONS", "/v1/models")]:
         answer = send(client, method, path)

@@ -33,6 +33,7 @@ from .resources import (
 from .responses import ResponsesResource, StoredResponseResource
 from .responses_codec import ResponsesCodec
 from .security import OPEN_PATHS, ApiKeyAuth
+from .webui import add_chat_page
 
 ROUTER_PROBES = ("/server_info", "/get_server_info", "/model_info", "/get_model_info")
 
@@ -42,7 +43,7 @@ class HttpOptions:
     """The HTTP layer's own settings; their defaults are Settings' (app/config.py)."""
 
     max_body_bytes: int
-    api_key: str | None  # required on every path but /health, the spec (and /metrics)
+    api_key: str | None  # required on every path but /health, the spec, the page (and /metrics)
     metrics_auth: bool  # /metrics needs the API key too
     cors_origins: tuple[str, ...]  # browser origins allowed
     # Host names answered beyond loopback ones; None: any (see perimeter.allowed_hosts_for)
@@ -106,6 +107,7 @@ def create_app(service: ChatService, spec_text: str, options: HttpOptions, *,
         body_timeout=options.body_timeout))
     app.add_route("/v1/responses/{response_id}", StoredResponseResource(responses))
     app.add_route("/openapi.yaml", SpecResource(spec_text))
+    add_chat_page(app)  # "/": the chat page (webui.py)
     info = ServerInfoResource(service)
     for path in ROUTER_PROBES:  # sglang-router's, before it routes here (README "Fleet")
         app.add_route(path, info)

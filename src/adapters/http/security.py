@@ -19,7 +19,10 @@ import re
 import falcon
 import falcon.asgi
 
-OPEN_PATHS = frozenset({"/health", "/openapi.yaml"})  # a future chat page at "/" joins here
+from .webui import PAGE_PATHS
+
+# the chat page's files (webui.py) are open by their exact paths: "/", "/ui/app.js", "/ui/style.css"
+OPEN_PATHS = frozenset({"/health", "/openapi.yaml"}) | PAGE_PATHS
 _SLASHES = re.compile(r"/+")
 
 
@@ -41,8 +44,8 @@ def _digest(value: str) -> bytes:
 
 
 class ApiKeyAuth:
-    """Falcon middleware. `open_paths` stay open (/health, the spec; /metrics unless
-    --metrics-auth); CORS preflights pass, since browsers never send credentials with them."""
+    """Falcon middleware. `open_paths` stay open (/health, the spec, the chat page's files;
+    /metrics unless --metrics-auth); CORS preflights pass, since browsers never send credentials with them."""
 
     def __init__(self, key: str, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self._expected = _digest(key)
