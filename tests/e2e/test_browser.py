@@ -453,9 +453,10 @@ def test_errors_are_shown_in_place(chat_with: Callable[..., Chat], keyed_server:
                     return
 
     holders = [threading.Thread(target=hold) for _ in range(2)]
-    try:
-        for holder in holders:
-            holder.start()
+    try:  # one after the other: the second sent while the first still waits would be the 503
+        holders[0].start()
+        assert eventually(lambda: httpx.get(f"{keyed_server}/health").json()["running"] == 1)
+        holders[1].start()
         assert eventually(lambda: (lambda h: h["running"] == 1 and h["queued"] == 1)(
             httpx.get(f"{keyed_server}/health").json()))
         page.click(".error-message .regenerate")  # Retry
