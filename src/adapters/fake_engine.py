@@ -130,12 +130,13 @@ class FakeEngine:
         payload = prompt.payload if isinstance(prompt.payload, _Prompt) else _Prompt(str(prompt.payload))
         tokens = self.reply_tokens(payload, params)
         limit = params.max_tokens if params.max_tokens is not None else len(tokens)
-        if params.ignore_eos:  # past its end: the reply again, up to the limit, which ends it
-            tokens = (tokens * (limit // len(tokens) + 2))[:limit + 1]
+        ends = limit >= len(tokens) and not params.ignore_eos  # the reply's own end comes first
+        if params.ignore_eos:  # past its end: the reply again, up to the limit
+            tokens = (tokens * (limit // len(tokens) + 1))[:limit]
         self._next_row += 1
         self._rows[self._next_row] = _Row(
-            tokens[:max(limit, 1)], finish=FinishReason.STOP if limit >= len(tokens)
-            else FinishReason.LENGTH, to_prefill=max(prompt.token_count - prompt.cached_tokens, 0),
+            tokens[:max(limit, 1)], finish=FinishReason.STOP if ends else FinishReason.LENGTH,
+            to_prefill=max(prompt.token_count - prompt.cached_tokens, 0),
             logprobs=params.top_logprobs if params.logprobs else None,
             faults=_faults(payload.said))
         self.admitted.append(self._next_row)

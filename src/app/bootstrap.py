@@ -81,8 +81,6 @@ def build_worker(settings: Settings, engine: InferenceEngine, metrics: Metrics) 
                                      max_batch=settings.max_batch or DEFAULT_MAX_BATCH))
 
 
-
-
 def build_service(settings: Settings, *, engine: InferenceEngine | None = None,
                   catalog: ModelCatalog | None = None, clock: Clock | None = None,
                   ids: IdSource | None = None, images: ImageLoader | None = None,

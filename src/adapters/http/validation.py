@@ -41,7 +41,8 @@ CHAT_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {**UNSUPPORTED_PARA
 
 # The same for the legacy completions API (createCompletion): no fill-in-the-middle.
 COMPLETION_UNSUPPORTED_PARAMETERS: Mapping[str, tuple[Any, ...]] = {
-    "suffix": ("",), "skip_special_tokens": (True,), "return_hidden_states": (False,)}
+    "suffix": ("",), **{name: ROUTER_NO_OPS[name] for name in ("skip_special_tokens",
+                                                                 "return_hidden_states")}}
 
 # Fields only meaningful when another is true: field -> (that field, True). openapi.yaml
 # declares the same as dependentSchemas; checked first so that the message names the field sent.

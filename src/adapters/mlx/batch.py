@@ -551,12 +551,13 @@ class Batcher:
     def _emit(self, row: Row, token: int, logprobs: Any) -> GenerationStep:
         row.generated.append(token)
         finish = None
-        if token in row.eos and not row.ignore_eos:
+        eos = token in row.eos
+        if eos and not row.ignore_eos:
             finish = FinishReason.STOP
             row.detok.finalize()
             text = row.detok.last_segment
         else:
-            if token not in row.eos:  # an ignored EOS is a token generated, not text
+            if not eos:  # an ignored EOS is a token generated, not text
                 row.detok.add_token(token)
             text = row.detok.last_segment
             if row.max_tokens is not None and len(row.generated) >= row.max_tokens:
