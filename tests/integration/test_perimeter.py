@@ -13,6 +13,7 @@ import falcon.testing
 import pytest
 
 from mlx_server.adapters.fake_engine import FakeEngine
+from mlx_server.adapters.http.app import ROUTER_PROBES
 from mlx_server.adapters.http.perimeter import allowed_hosts_for, host_name, is_canonical, is_json
 from mlx_server.adapters.http.security import bearer_token
 from mlx_server.app.bootstrap import build
@@ -24,7 +25,8 @@ CHAT = {"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}
 GEMMA_ENCODED = "/v1/models/mlx-community%2Fgemma-3-4b-it-4bit"
 PROTECTED = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
              ("GET", "/v1/models"), ("GET", "/v1/models/gemma"),
-             ("GET", GEMMA_ENCODED), ("GET", "/metrics")]
+             ("GET", GEMMA_ENCODED), ("GET", "/metrics"),
+             *(("GET", probe) for probe in ROUTER_PROBES)]  # sglang-router's worker probes
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
